@@ -1,0 +1,6 @@
+"""jaxcnn: vision models in flax.linen and one generic JAX trainer."""
+from jaxcnn.errors import UserError
+from jaxcnn.registry import create_model, list_models, register_model
+
+__version__ = "0.1.0"
+__all__ = ["UserError", "create_model", "list_models", "register_model"]
