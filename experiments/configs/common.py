@@ -1,0 +1,52 @@
+"""The keys every experiment has; an experiment starts from `base_config()` and changes what it needs."""
+import ml_collections
+
+from jaxcnn.data import default_data_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "classification"
+
+  # Anything besides `name` is passed to create_model (and any option the model has may be set on the CLI).
+  c.model = ml_collections.ConfigDict({"name": "lenet5_modern"})
+  c.data = default_data_config()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 128          # global, over all devices and processes
+  c.train.seed = 0
+  c.train.log_every = 10
+  c.train.parallel = "jit"          # jit | pmap (legacy)
+  c.train.fsdp = False              # shard parameters and optimizer state over the data axis
+  c.train.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+  c.train.grad_accum_steps = 1
+  c.train.ema_decay = 0.0           # > 0: evaluate an EMA of the parameters
+  c.train.label_smoothing = 0.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"            # sgd | nesterov | adam | adamw | lamb
+  c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"       # cosine | step | linear | constant (after linear warmup)
+  c.optim.warmup_steps = 0
+  c.optim.end_lr_factor = 0.0
+  c.optim.step_at = (0.5, 0.75)     # step schedule: fractions of training where lr *= step_factor
+  c.optim.step_factor = 0.1
+  c.optim.momentum = 0.9
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.decay_all = False         # False: no decay on biases and norm scales
+  c.optim.grad_clip_norm = 0.0      # 0: off
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0                  # 0: only at the end
+  c.eval.batch_size = 512
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500          # 0: only at the end
+  c.checkpoint.keep = 3
+  c.checkpoint.keep_best = True     # also keep the best checkpoint by the task's headline eval metric
+  c.checkpoint.use_async = True
+  return c

@@ -1,0 +1,174 @@
+"""Runs one experiment: python -m experiments.run --exp=NAME [--workdir=DIR] [--config.KEY=VALUE ...]
+
+    --exp=list | --list     print the experiments
+    --print_config          print the resolved config and exit
+Any config key can be overridden with --config.a.b=value (type-checked against the
+config); options of the selected model can be set as --config.model.<option>=value.
+A workdir with checkpoints is resumed; without --workdir a new one is made under ./workdirs.
+"""
+import ast
+import logging
+import os
+import sys
+import time
+
+USAGE = "usage: python -m experiments.run --exp=NAME [--workdir=DIR] [--config.KEY=VALUE ...] | --list"
+
+
+def parse_args(argv):
+  """--key=value flags -> (options dict, [(dotted_key, raw_value)] config overrides)."""
+  options, overrides = {}, []
+  for arg in argv:
+    if arg in ("-h", "--help"):
+      options["help"] = True
+      continue
+    if arg in ("--list", "--print_config"):
+      options[arg[2:]] = True
+      continue
+    if not arg.startswith("--") or "=" not in arg:
+      raise UserError(f"cannot read argument '{arg}': use --name=value ({USAGE})")
+    key, value = arg[2:].split("=", 1)
+    if key.startswith("config."):
+      overrides.append((key[len("config."):], value))
+    elif key in ("exp", "workdir"):
+      options[key] = value
+    else:
+      raise UserError(f"unknown flag --{key} (flags: --exp, --workdir, --config.KEY, --list, --print_config)")
+  return options, overrides
+
+
+def parse_value(raw: str, current, key: str):
+  """The override string as the type of the value it replaces."""
+  def bad(kind):
+    return UserError(f"config key {key} expects {kind}, got '{raw}'")
+  if isinstance(current, bool):
+    low = raw.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise bad("a bool (true/false)")
+  if isinstance(current, int):
+    try:
+      return int(raw)
+    except ValueError:
+      raise bad("an integer") from None
+  if isinstance(current, float):
+    try:
+      return float(raw)
+    except ValueError:
+      raise bad("a number") from None
+  if isinstance(current, str):
+    return raw
+  if isinstance(current, (tuple, list)):
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = tuple(v.strip() for v in raw.split(",") if v.strip())
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  try:  # None or a key the config did not have: a Python literal, else a string
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def apply_overrides(config, overrides):
+  """Sets each dotted key; unknown keys are errors, except options the chosen model accepts."""
+  from jaxcnn.registry import create_model, list_models, model_options  # noqa: F401
+  # The model name first, so the model's options are known when its other keys are checked.
+  overrides = sorted(overrides, key=lambda kv: kv[0] != "model.name")
+  for key, raw in overrides:
+    *path, leaf = key.split(".")
+    node = config
+    for i, part in enumerate(path):
+      if part not in node or not hasattr(node[part], "keys"):
+        raise UserError(f"unknown config key '{key}': no section '{'.'.join(path[:i + 1])}' "
+                        f"(sections: {', '.join(k for k in node.keys() if hasattr(node[k], 'keys'))})")
+      node = node[part]
+    if leaf not in node:
+      options = model_options(config.model.name) if path == ["model"] else set()
+      if path == ["model"] and (options is None or leaf in options):
+        with node.unlocked():
+          node[leaf] = parse_value(raw, None, key)
+        continue
+      known = ", ".join(sorted(node.keys()))
+      extra = f"; model '{config.model.name}' options: {', '.join(sorted(options))}" if options else ""
+      raise UserError(f"unknown config key '{key}' (keys in {'.'.join(path) or 'config'}: {known}{extra})")
+    value = parse_value(raw, node[leaf], key)
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise UserError(f"config key {key}: {e}") from None
+    if key == "model.name" and value not in list_models():
+      from jaxcnn.errors import unknown
+      raise unknown("model (model.name)", value, list_models())
+
+
+def main(argv) -> int:
+  options, overrides = parse_args(argv)
+  from experiments.configs import experiment_names, get_experiment
+  if options.get("help"):
+    print(__doc__)
+    return 0
+  if options.get("list") or options.get("exp") == "list":
+    for name in experiment_names():
+      doc = get_experiment(name)[1]
+      print(f"{name:24s} {doc.splitlines()[0] if doc else ''}")
+    return 0
+  if "exp" not in options:
+    raise UserError(f"--exp is required ({USAGE}); --list shows the experiments")
+  config, _ = get_experiment(options["exp"])
+  apply_overrides(config, overrides)
+  if options.get("print_config"):
+    print(config)
+    return 0
+
+  from jaxcnn.train import sharding
+  sharding.maybe_initialize_distributed()
+  import jax
+  from jaxcnn.train import train_and_evaluate
+  from jaxcnn.train.trainer import validate
+  validate(config)
+  workdir = options.get("workdir") or os.path.join("workdirs", f"{options['exp']}-{time.strftime('%Y%m%d-%H%M%S')}")
+  log.info("experiment %s, workdir %s", options["exp"], os.path.abspath(workdir))
+  summary = train_and_evaluate(config, workdir)
+  if jax.process_index() == 0:
+    headline = {k: v for k, v in summary.items() if k.startswith("eval/")}
+    for k, v in headline.items():
+      print(f"final {k} = {v:.4f}" if isinstance(v, float) else f"final {k} = {v}")
+    if "eval/accuracy" in summary:
+      print(f"final test accuracy: {summary['eval/accuracy']:.4f} ({config.data.name}, {summary['step']} steps, "
+            f"{summary['wall_time_s']:.0f} s)")
+    print(f"outputs in {os.path.abspath(workdir)}")
+  return 0
+
+
+def _setup_logging():
+  fmt = "%(asctime)s %(message)s"
+  pid = os.environ.get("JAXCNN_PROCESS_ID")
+  if pid and pid != "0":
+    fmt = f"[process {pid}] " + fmt
+  logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+  for noisy in ("absl", "orbax", "jax", "grain", "tensorflow_datasets"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    import absl.logging
+    absl.logging.set_verbosity(absl.logging.WARNING)
+  except ImportError:
+    pass
+
+
+from jaxcnn.errors import UserError  # noqa: E402  (light import; keeps the flag parser above self-contained)
+
+log = logging.getLogger("jaxcnn")
+
+if __name__ == "__main__":
+  _setup_logging()
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)

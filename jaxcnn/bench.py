@@ -1,0 +1,122 @@
+"""Times one compiled train step of any registered model; prints one JSON line.
+
+    python -m jaxcnn.bench --model=resnet18_cifar --batch=128 --image-size=32 [--dtype=bfloat16]
+        [--steps=10] [--warmup=2] [--num-classes=10] [--channels=3] [--optim=sgd] [--option.KEY=VALUE ...]
+
+The step is the trainer's own (classification task: forward, softmax cross-entropy,
+backward, optimizer update, donated state), jitted on one device. FLOPs come from
+XLA's cost analysis of the compiled step. A tool, not a test: compare numbers only
+within one run on one machine (e.g. against benchmarks/torch_reference.py).
+"""
+import argparse
+import ast
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxcnn.errors import UserError
+from jaxcnn.registry import list_models
+
+
+def _config(args, options):
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict({"name": args.model, **options})
+  c.train = ml_collections.ConfigDict({"compute_dtype": args.dtype, "label_smoothing": 0.0,
+                                       "grad_accum_steps": 1, "ema_decay": 0.0})
+  return c
+
+
+def _parse_options(extra):
+  options = {}
+  for arg in extra:
+    if not arg.startswith("--option.") or "=" not in arg:
+      raise UserError(f"unknown argument {arg} (model options go as --option.KEY=VALUE)")
+    key, raw = arg[len("--option."):].split("=", 1)
+    try:
+      options[key] = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      options[key] = raw
+  return options
+
+
+def bench(args, options) -> dict:
+  from jaxcnn.tasks.base import TrainState
+  from jaxcnn.tasks.classification import Classification
+
+  class Info:
+    num_classes = args.num_classes
+
+  if args.model not in list_models():
+    from jaxcnn.errors import unknown
+    raise unknown("model", args.model, list_models())
+  if args.batch <= 0 or args.image_size <= 0 or args.steps <= 0:
+    raise UserError("--batch, --image-size and --steps must be positive")
+  task = Classification(_config(args, options), Info)
+  tx = {"sgd": optax.sgd(0.01, momentum=0.9), "adamw": optax.adamw(1e-3)}[args.optim]
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(args.batch, args.image_size, args.image_size, args.channels)),
+                                jnp.float32),
+           "label": jnp.asarray(rng.integers(0, args.num_classes, size=(args.batch,)), jnp.int32)}
+  variables = dict(task.init(jax.random.PRNGKey(0), batch))
+  params = variables.pop("params")
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                     opt_state=tx.init(params), ema_params={}, rng=jax.random.PRNGKey(1))
+
+  def step(state, batch):
+    new, metrics = task.train_step(state, batch, tx)
+    return new.replace(step=state.step + 1), metrics["train/loss"]
+
+  t0 = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get("flops", float("nan")))
+  for _ in range(args.warmup):
+    state, loss = compiled(state, batch)
+  loss.block_until_ready()
+  times = []
+  for _ in range(args.steps):
+    t = time.perf_counter()
+    state, loss = compiled(state, batch)
+    loss.block_until_ready()
+    times.append(time.perf_counter() - t)
+  median = statistics.median(times)
+  return {"model": args.model, "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
+          "backend": jax.default_backend(), "devices": 1, "compile_s": round(compile_s, 3),
+          "step_ms_median": round(median * 1e3, 3), "step_ms_min": round(min(times) * 1e3, 3),
+          "images_per_s": round(args.batch / median, 2), "flops_per_step": flops,
+          "flops_per_s": flops / median, "loss": float(loss),
+          "param_count": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m jaxcnn.bench", description=__doc__.splitlines()[0])
+  p.add_argument("--model", required=True)
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--image-size", type=int, default=32)
+  p.add_argument("--channels", type=int, default=3)
+  p.add_argument("--num-classes", type=int, default=10)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--optim", default="sgd", choices=["sgd", "adamw"])
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  args, extra = p.parse_known_args(argv)
+  try:
+    result = bench(args, _parse_options(extra))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

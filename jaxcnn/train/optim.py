@@ -1,0 +1,75 @@
+"""Optimizers and learning-rate schedules from the `optim` config section."""
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from jaxcnn.errors import UserError, unknown
+
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lamb")
+SCHEDULES = ("cosine", "step", "constant", "linear")
+
+
+def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0, then cosine / step / constant / linear decay to `end_lr_factor * lr`."""
+  lr, warmup = float(optim_cfg.lr), int(optim_cfg.warmup_steps)
+  if lr <= 0:
+    raise UserError(f"optim.lr must be > 0, got {lr}")
+  if not 0 <= warmup < max(total_steps, 1):
+    raise UserError(f"optim.warmup_steps must be in [0, train.steps), got {warmup} with train.steps={total_steps}")
+  decay_steps = max(total_steps - warmup, 1)
+  end = lr * float(optim_cfg.end_lr_factor)
+  name = optim_cfg.schedule
+  if name == "cosine":
+    decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr)
+  elif name == "linear":
+    decay = optax.linear_schedule(lr, end, decay_steps)
+  elif name == "constant":
+    decay = optax.constant_schedule(lr)
+  elif name == "step":
+    # Multiply by `step_factor` at each fraction of training in `step_at` (e.g. (0.5, 0.75) as in He et al.).
+    boundaries = {int(f * decay_steps): float(optim_cfg.step_factor) for f in optim_cfg.step_at}
+    decay = optax.piecewise_constant_schedule(lr, boundaries)
+  else:
+    raise unknown("optim.schedule", name, SCHEDULES)
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+  """True for weights that get weight decay: kernels and embeddings, not biases or norm scales."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({k: (v.ndim > 1) for k, v in flat.items()})
+
+
+def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optimizer named by `optim.name`, with clipping and masked weight decay."""
+  name, wd = optim_cfg.name, float(optim_cfg.weight_decay)
+  if wd < 0:
+    raise UserError(f"optim.weight_decay must be >= 0, got {wd}")
+  mask = None if optim_cfg.decay_all else decay_mask
+  if name in ("sgd", "nesterov"):
+    # Coupled L2 as in the classic SGD recipes: decay enters the gradient before momentum.
+    tx = optax.chain(optax.add_decayed_weights(wd, mask),
+                     optax.sgd(schedule, momentum=float(optim_cfg.momentum) or None,
+                               nesterov=name == "nesterov"))
+  elif name == "adam":
+    tx = optax.chain(optax.add_decayed_weights(wd, mask),
+                     optax.adam(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps))
+  elif name == "adamw":
+    tx = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                     weight_decay=wd, mask=mask)
+  elif name == "lamb":
+    tx = optax.lamb(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                    weight_decay=wd, mask=mask)
+  else:
+    raise unknown("optimizer (optim.name)", name, OPTIMIZERS)
+  clip = float(optim_cfg.grad_clip_norm)
+  if clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx
+
+
+def global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

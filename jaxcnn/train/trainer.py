@@ -1,0 +1,282 @@
+"""The one trainer: every experiment, whatever its task, runs through `train_and_evaluate`.
+
+    devices -> mesh -> task (models, loss, eval) -> data iterators -> state (fresh or resumed)
+    -> jitted, sharded, donated train step in a loop -> logs, evals, checkpoints -> summary
+
+The default path is `jax.jit` with explicit NamedShardings over a 1-D 'data'
+mesh; `train.parallel='pmap'` selects the legacy `jax.pmap` path, which gives the
+same numbers (gradients and BatchNorm statistics averaged over the mapped axis).
+"""
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import data as data_lib
+from jaxcnn.errors import UserError
+from jaxcnn.tasks import TrainState, get_task
+from jaxcnn.train import optim, sharding, writers
+from jaxcnn.train.checkpoint import Checkpointer
+from jaxcnn.utils import param_count
+
+log = logging.getLogger("jaxcnn")
+PMAP_AXIS = "batch"
+
+
+class Diverged(UserError):
+  """The loss or gradient became NaN/Inf."""
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming from its checkpoints), returns the summary."""
+  t_start = time.time()
+  validate(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+  use_pmap = config.train.parallel == "pmap"
+  mesh = sharding.make_mesh()
+  info = data_lib.dataset_info(config.data.name)
+  task = get_task(config, info, axis_name=PMAP_AXIS if use_pmap else None)
+  steps = int(config.train.steps)
+  schedule = optim.make_schedule(config.optim, steps)
+  tx = task.optimizer(lambda optim_cfg: optim.make_optimizer(optim_cfg, schedule))
+
+  # Data: every process reads only its part of each global batch.
+  batch_size, nproc, pid = int(config.train.batch_size), jax.process_count(), jax.process_index()
+  train_iter = data_lib.train_iterator(config.data, global_batch_size=batch_size, seed=int(config.train.seed),
+                                       process_index=pid, process_count=nproc)
+
+  def eval_batches():
+    return data_lib.eval_iterator(config.data, global_batch_size=int(config.eval.batch_size),
+                                  process_index=pid, process_count=nproc)
+
+  # State: created directly with its final sharding; replaced by a checkpoint if there is one.
+  init_state = _state_initializer(task, tx, config, info)
+  base_key = jax.random.PRNGKey(int(config.train.seed))
+  abstract = jax.eval_shape(init_state, base_key)
+  shardings = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
+  meta = task.describe()
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
+                      keep=int(config.checkpoint.keep), best_metric=task.best_metric[0] if config.checkpoint.keep_best else "",
+                      best_mode=task.best_metric[1], use_async=bool(config.checkpoint.use_async))
+  abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  restored = ckpt.restore(abstract_sharded, meta)
+  if restored:
+    state, data_state, start = restored
+    train_iter.set_state(data_state)
+    log.info("resumed from %s at step %d", ckpt.directory, start)
+  else:
+    state, start = jax.jit(init_state, out_shardings=shardings)(base_key), 0
+  n_params = task.parameter_count(state.params)
+  log.info("model %s: %s parameters; %d device(s) in %d process(es); global batch %d; %s",
+           config.model.name, f"{n_params:,}", jax.device_count(), nproc, batch_size,
+           "pmap" if use_pmap else ("jit + FSDP" if config.train.fsdp else "jit, data parallel"))
+
+  runner = (_PmapRunner if use_pmap else _JitRunner)(task, tx, mesh, shardings)
+  state = runner.place(state)
+  writer = writers.MetricWriter(workdir, steps, enabled=is_main, start_step=start)
+  last_eval, last_eval_step, pending = {}, -1, []
+  watch, images_since = writers.Stopwatch(), 0
+  try:
+    for step in range(start + 1, steps + 1):
+      state, metrics = runner.train_step(state, next(train_iter))
+      pending.append(metrics)
+      images_since += batch_size
+      log_now = step % int(config.train.log_every) == 0 or step == steps
+      eval_now = (int(config.eval.every) > 0 and step % int(config.eval.every) == 0) or step == steps
+      save_now = ckpt.should_save(step) or step == steps
+      if log_now or save_now:
+        summary = _mean_metrics(sharding.to_host(pending))
+        pending = []
+        _check_finite(summary, step, ckpt)
+        if log_now:
+          summary["train/lr"] = float(schedule(step - 1))
+          summary["throughput/images_per_s"] = images_since / max(watch.lap(), 1e-9)
+          images_since = 0
+          writer.write(step, summary)
+      if eval_now:
+        last_eval, last_eval_step = runner.evaluate(state, eval_batches()), step
+        writer.write(step, last_eval)
+      if save_now:
+        ckpt.save(step, runner.checkpointable(state), train_iter.get_state(), meta,
+                  metrics=last_eval if last_eval_step == step else None)
+      if eval_now or save_now:
+        watch.lap()  # throughput counts training time only
+    if last_eval_step != steps:  # resumed after the last step: evaluate what was restored
+      last_eval = runner.evaluate(state, eval_batches())
+    extra = task.finish(runner.variables_for_eval(state), workdir, lambda: runner.evaluate(state, eval_batches()))
+  finally:
+    ckpt.close()
+    writer.close()
+
+  summary = {"step": steps, **last_eval, **extra, "param_count": n_params,
+             "model": config.model.name, "data": config.data.name,
+             "devices": jax.device_count(), "processes": nproc,
+             "wall_time_s": round(time.time() - t_start, 2)}
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+    writers.plot_curves(workdir)
+  return summary
+
+
+def _state_initializer(task, tx, config, info):
+  size = int(config.data.image_size) or info.image_shape[0]
+  channels = int(config.data.channels) or info.image_shape[2]
+  dummy = {"image": jnp.zeros((2, size, size, channels), jnp.float32), "label": jnp.zeros((2,), jnp.int32)}
+  use_ema = float(config.train.ema_decay) > 0
+
+  def init(key):
+    variables = dict(task.init(jax.random.fold_in(key, 0), dummy))
+    params = variables.pop("params")
+    opt_state = ({k: t.init(params[k]) for k, t in tx.items()} if isinstance(tx, dict) else tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=opt_state, ema_params=params if use_ema else {},
+                      rng=jax.random.fold_in(key, 1))
+  return init
+
+
+def _advance(task, tx):
+  def step_fn(state, batch):
+    new_state, metrics = task.train_step(state, batch, tx)
+    return new_state.replace(step=state.step + 1), metrics
+  return step_fn
+
+
+class _JitRunner:
+  """jax.jit with explicit in/out shardings; the state is donated."""
+
+  def __init__(self, task, tx, mesh, shardings):
+    self.task, self.mesh = task, mesh
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    self._step = jax.jit(_advance(task, tx), in_shardings=(shardings, self.batch_sharding),
+                         out_shardings=(shardings, repl), donate_argnums=0)
+    self._eval = jax.jit(lambda s, b: task.eval_step(task.eval_variables(s), b),
+                         in_shardings=(shardings, self.batch_sharding), out_shardings=repl)
+
+  def place(self, state):
+    return state
+
+  def train_step(self, state, local_batch):
+    return self._step(state, sharding.global_batch(local_batch, self.batch_sharding))
+
+  def evaluate(self, state, batches):
+    sums = {}
+    for local_batch in batches:
+      out = sharding.to_host(self._eval(state, sharding.global_batch(local_batch, self.batch_sharding)))
+      for k, v in out.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+    return self.task.eval_metrics(sums) if sums else {}
+
+  def checkpointable(self, state):
+    return state
+
+  def variables_for_eval(self, state):
+    return self.task.eval_variables(state)
+
+
+class _PmapRunner:
+  """Legacy jax.pmap: the state is replicated per local device; the batch gets a leading device axis."""
+
+  def __init__(self, task, tx, mesh, shardings):
+    self.task, self.mesh, self.shardings = task, mesh, shardings
+    self.n = jax.local_device_count()
+    self._step = jax.pmap(_advance(task, tx), axis_name=PMAP_AXIS, donate_argnums=0)
+    self._eval = jax.pmap(lambda s, b: jax.lax.psum(task.eval_step(task.eval_variables(s), b), PMAP_AXIS),
+                          axis_name=PMAP_AXIS)
+
+  def _split(self, tree):
+    return jax.tree.map(lambda x: x.reshape((self.n, x.shape[0] // self.n) + x.shape[1:]), tree)
+
+  def place(self, state):
+    host = sharding.to_host(state)
+    return jax.tree.map(lambda x: np.broadcast_to(x, (self.n,) + np.shape(x)), host)
+
+  def train_step(self, state, local_batch):
+    state, metrics = self._step(state, self._split(local_batch))
+    return state, jax.tree.map(lambda x: x[0], metrics)
+
+  def evaluate(self, state, batches):
+    sums = {}
+    for local_batch in batches:
+      out = jax.device_get(jax.tree.map(lambda x: x[0], self._eval(state, self._split(local_batch))))
+      for k, v in out.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+    return self.task.eval_metrics(sums) if sums else {}
+
+  def checkpointable(self, state):
+    """Device 0's replica as global replicated arrays, the same layout the jit path saves."""
+    host = jax.device_get(jax.tree.map(lambda x: x[0], state))
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), host, self.shardings)
+
+  def variables_for_eval(self, state):
+    return self.task.eval_variables(jax.device_get(jax.tree.map(lambda x: x[0], state)))
+
+
+def _mean_metrics(history):
+  keys = history[0].keys() if history else []
+  return {k: float(np.mean([np.asarray(m[k], np.float64) for m in history])) for k in keys}
+
+
+def _check_finite(metrics, step, ckpt):
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+  if bad:
+    ckpt.wait()
+    last = ckpt.latest_step()
+    kept = f"the last good checkpoint (step {last}) is kept in {ckpt.directory}" if last is not None else \
+        "no checkpoint had been written yet"
+    raise Diverged(f"training diverged at step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+                   f"{kept}; try a lower optim.lr or optim.grad_clip_norm")
+
+
+PARALLEL = ("jit", "pmap")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate(config):
+  """Value checks the config's types cannot express; each failure is one readable line."""
+  t = config.train
+
+  def positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise UserError(f"{name} must be a positive integer, got {value!r}")
+
+  positive("train.steps", t.steps)
+  positive("train.batch_size", t.batch_size)
+  positive("train.log_every", t.log_every)
+  positive("train.grad_accum_steps", t.grad_accum_steps)
+  positive("eval.batch_size", config.eval.batch_size)
+  for name, value in (("eval.every", config.eval.every), ("checkpoint.every", config.checkpoint.every)):
+    if not isinstance(value, int) or value < 0:
+      raise UserError(f"{name} must be an integer >= 0 (0: only at the end), got {value!r}")
+  positive("checkpoint.keep", config.checkpoint.keep)
+  if t.parallel not in PARALLEL:
+    raise UserError(f"train.parallel must be one of {', '.join(PARALLEL)}, got {t.parallel!r}")
+  if t.compute_dtype not in DTYPES:
+    raise UserError(f"train.compute_dtype must be one of {', '.join(DTYPES)}, got {t.compute_dtype!r}")
+  if not 0.0 <= float(t.ema_decay) < 1.0:
+    raise UserError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+  if not 0.0 <= float(t.label_smoothing) < 1.0:
+    raise UserError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+  n = jax.device_count()
+  per_step = t.batch_size // t.grad_accum_steps
+  if t.batch_size % t.grad_accum_steps or per_step % n:
+    raise UserError(f"train.batch_size ({t.batch_size}) must split into train.grad_accum_steps ({t.grad_accum_steps}) "
+                    f"micro-batches that each divide over {n} device(s)")
+  if config.eval.batch_size % n:
+    raise UserError(f"eval.batch_size ({config.eval.batch_size}) must be divisible by the {n} device(s)")
+  if t.parallel == "pmap" and t.fsdp:
+    raise UserError("train.fsdp needs train.parallel='jit' (pmap replicates parameters)")
+  if config.data.name not in data_lib.dataset_names():
+    from jaxcnn.errors import unknown
+    raise unknown("dataset (data.name)", config.data.name, data_lib.dataset_names())

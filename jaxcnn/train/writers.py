@@ -1,0 +1,133 @@
+"""Run outputs: metrics.jsonl, TensorBoard events, progress display, summary.json, training-curve plots.
+
+Only process 0 writes; the other processes get a writer that does nothing.
+"""
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+log = logging.getLogger("jaxcnn")
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, start_step: int = 0):
+    self.workdir, self.enabled, self.total = workdir, enabled, total_steps
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    self._bar = None
+    if not enabled:
+      return
+    _truncate_after(self.path, start_step)  # a resumed run rewrites what came after its checkpoint
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      log.warning("tensorboardX is not installed: no TensorBoard events")
+    if sys.stderr.isatty():
+      from tqdm import tqdm
+      self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, step)
+    self._show(step, record)
+
+  def _show(self, step, record):
+    keys = [k for k in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "train/lr",
+                        "throughput/images_per_s") if k in record]
+    if self._bar is not None:
+      self._bar.n = step
+      self._bar.set_postfix({k.split("/")[-1][:10]: f"{record[k]:.4g}" for k in keys}, refresh=True)
+    else:
+      text = " ".join(f"{k}={record[k]:.4g}" for k in keys)
+      log.info("step %d/%d %s", step, self.total, text)
+
+  def flush(self):
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(v):
+  if hasattr(v, "item"):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # JSON has no NaN/Inf; keep them readable
+  return v
+
+
+def _truncate_after(path, step):
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip()]
+  keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
+  if len(keep) != len(lines):
+    with open(path, "w") as f:
+      f.writelines(keep)
+
+
+def read_metrics(path):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
+def plot_curves(workdir: str):
+  """plots/{loss,accuracy,lr}.png from metrics.jsonl (any metric with those names, train and eval)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  groups = {"loss": lambda k: k.endswith("/loss") or "loss" in k.split("/")[-1],
+            "accuracy": lambda k: "accuracy" in k,
+            "lr": lambda k: k == "train/lr"}
+  written = []
+  for name, wanted in groups.items():
+    keys = sorted({k for r in records for k, v in r.items() if k != "step" and wanted(k) and isinstance(v, (int, float))})
+    if not keys:
+      continue
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in keys:
+      pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
+      ax.plot(*zip(*pts), marker="o" if k.startswith("eval/") else None, markersize=3, label=k)
+    ax.set_xlabel("step")
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(workdir, "plots", f"{name}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+class Stopwatch:
+  """Wall time that excludes eval/checkpoint pauses, for throughput."""
+
+  def __init__(self):
+    self.t = time.perf_counter()
+
+  def lap(self) -> float:
+    now = time.perf_counter()
+    dt, self.t = now - self.t, now
+    return dt
