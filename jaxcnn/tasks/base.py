@@ -70,6 +70,13 @@ class Task(abc.ABC):
     """What a checkpoint must match to be resumed by this config (model name, ...)."""
     return {"task": type(self).__name__, "model": self.config.model.name}
 
+  def on_eval(self, variables, step: int, workdir: str) -> Dict[str, Any]:
+    """Hook after each eval (sample grids, FID, ...), on every process; returns extra metrics to log.
+
+    Only process 0 should write files (`jax.process_index() == 0`).
+    """
+    return {}
+
   def finish(self, variables, workdir: str, evaluate) -> Dict[str, Any]:
     """Hook at the end of a run (plots, sample grids, FID, ...); returns extra summary entries."""
     return {}

@@ -1,6 +1,4 @@
 """Optimizers and learning-rate schedules from the `optim` config section."""
-import jax
-import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -70,6 +68,3 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx
 
-
-def global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

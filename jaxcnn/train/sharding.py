@@ -30,8 +30,9 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()  # SLURM cluster detection fills in the rest.
 
 
-def make_mesh() -> Mesh:
-  devices = np.asarray(jax.devices())
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D 'data' mesh over `devices` (default: every device of every process)."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
   return Mesh(devices, (DATA,), axis_types=(jax.sharding.AxisType.Auto,))
 
 

@@ -32,10 +32,13 @@ class Diverged(UserError):
   """The loss or gradient became NaN/Inf."""
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming from its checkpoints), returns the summary."""
+def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+  """Trains `config` in `workdir` (resuming from its checkpoints), returns the summary.
+
+  `devices` restricts a single-process run to some local devices (default: all).
+  """
   t_start = time.time()
-  validate(config)
+  validate(config, num_devices=len(devices) if devices else None)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -43,7 +46,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
   use_pmap = config.train.parallel == "pmap"
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(devices)
   info = data_lib.dataset_info(config.data.name)
   task = get_task(config, info, axis_name=PMAP_AXIS if use_pmap else None)
   steps = int(config.train.steps)
@@ -78,7 +81,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, start = jax.jit(init_state, out_shardings=shardings)(base_key), 0
   n_params = task.parameter_count(state.params)
   log.info("model %s: %s parameters; %d device(s) in %d process(es); global batch %d; %s",
-           config.model.name, f"{n_params:,}", jax.device_count(), nproc, batch_size,
+           config.model.name, f"{n_params:,}", mesh.devices.size, nproc, batch_size,
            "pmap" if use_pmap else ("jit + FSDP" if config.train.fsdp else "jit, data parallel"))
 
   runner = (_PmapRunner if use_pmap else _JitRunner)(task, tx, mesh, shardings)
@@ -105,6 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           writer.write(step, summary)
       if eval_now:
         last_eval, last_eval_step = runner.evaluate(state, eval_batches()), step
+        last_eval.update(task.on_eval(runner.variables_for_eval(state), step, workdir))
         writer.write(step, last_eval)
       if save_now:
         ckpt.save(step, runner.checkpointable(state), train_iter.get_state(), meta,
@@ -113,6 +117,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         watch.lap()  # throughput counts training time only
     if last_eval_step != steps:  # resumed after the last step: evaluate what was restored
       last_eval = runner.evaluate(state, eval_batches())
+      last_eval.update(task.on_eval(runner.variables_for_eval(state), steps, workdir))
     extra = task.finish(runner.variables_for_eval(state), workdir, lambda: runner.evaluate(state, eval_batches()))
   finally:
     ckpt.close()
@@ -120,7 +125,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   summary = {"step": steps, **last_eval, **extra, "param_count": n_params,
              "model": config.model.name, "data": config.data.name,
-             "devices": jax.device_count(), "processes": nproc,
+             "devices": int(mesh.devices.size), "processes": nproc,
              "wall_time_s": round(time.time() - t_start, 2)}
   if is_main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -190,10 +195,11 @@ class _PmapRunner:
 
   def __init__(self, task, tx, mesh, shardings):
     self.task, self.mesh, self.shardings = task, mesh, shardings
-    self.n = jax.local_device_count()
-    self._step = jax.pmap(_advance(task, tx), axis_name=PMAP_AXIS, donate_argnums=0)
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    self.n = len(local)
+    self._step = jax.pmap(_advance(task, tx), axis_name=PMAP_AXIS, donate_argnums=0, devices=local)
     self._eval = jax.pmap(lambda s, b: jax.lax.psum(task.eval_step(task.eval_variables(s), b), PMAP_AXIS),
-                          axis_name=PMAP_AXIS)
+                          axis_name=PMAP_AXIS, devices=local)
 
   def _split(self, tree):
     return jax.tree.map(lambda x: x.reshape((self.n, x.shape[0] // self.n) + x.shape[1:]), tree)
@@ -243,7 +249,7 @@ PARALLEL = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def validate(config):
+def validate(config, num_devices=None):
   """Value checks the config's types cannot express; each failure is one readable line."""
   t = config.train
 
@@ -268,7 +274,7 @@ def validate(config):
     raise UserError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
   if not 0.0 <= float(t.label_smoothing) < 1.0:
     raise UserError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-  n = jax.device_count()
+  n = num_devices or jax.device_count()
   per_step = t.batch_size // t.grad_accum_steps
   if t.batch_size % t.grad_accum_steps or per_step % n:
     raise UserError(f"train.batch_size ({t.batch_size}) must split into train.grad_accum_steps ({t.grad_accum_steps}) "
