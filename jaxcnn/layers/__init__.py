@@ -2,3 +2,6 @@
 from jaxcnn.layers.conv import Conv, ConvTranspose, conv_general_dilated
 
 __all__ = ["Conv", "ConvTranspose", "conv_general_dilated"]
+from jaxcnn.layers.drop import DropPath
+from jaxcnn.layers.norm import LocalResponseNorm, local_response_norm
+from jaxcnn.layers.pool import adaptive_avg_pool, avg_pool, max_pool
