@@ -94,6 +94,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       state, metrics = runner.train_step(state, next(train_iter))
       pending.append(metrics)
       images_since += batch_size
+      if step == start + 1:  # throughput starts after the first step, which includes compilation
+        jax.block_until_ready(metrics)
+        watch.lap()
+        images_since = 0
       log_now = step % int(config.train.log_every) == 0 or step == steps
       eval_now = (int(config.eval.every) > 0 and step % int(config.eval.every) == 0) or step == steps
       save_now = ckpt.should_save(step) or step == steps
