@@ -1,0 +1,79 @@
+"""VGG: torchvision's parameter counts, shapes at 32x32 and 224x224, train/eval behaviour, features."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import create_model
+from jaxcnn.errors import UserError
+from jaxcnn.utils import abstract_variables, param_count
+from fast_init import random_variables
+
+# torchvision 0.29 `sum(p.numel() for p in model.parameters())`, 1000 classes.
+TORCHVISION_COUNTS = {
+    "vgg11": 132_863_336, "vgg11_bn": 132_868_840, "vgg13": 133_047_848, "vgg13_bn": 133_053_736,
+    "vgg16": 138_357_544, "vgg16_bn": 138_365_992, "vgg19": 143_667_240, "vgg19_bn": 143_678_248,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_COUNTS))
+def test_parameter_count_is_torchvisions(name):
+  variables = abstract_variables(create_model(name), (1, 224, 224, 3))
+  assert param_count(variables["params"]) == TORCHVISION_COUNTS[name]
+  assert ("batch_stats" in variables) == name.endswith("_bn")
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_logit_shapes(size):
+  model = create_model("vgg16_bn", num_classes=10)
+  variables = abstract_variables(model, (1, size, size, 3))
+  x = jax.ShapeDtypeStruct((3, size, size, 3), jnp.float32)
+  chex.assert_shape(jax.eval_shape(model.apply, variables, x), (3, 10))
+
+
+def _tiny(**kwargs):
+  return create_model("vgg11_bn", num_classes=5, classifier_width=16, **kwargs)
+
+
+def test_train_step_updates_batch_stats_and_uses_dropout():
+  model = _tiny()
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = random_variables(model, x.shape)
+  apply = jax.jit(model.apply)
+  eval_logits = apply(variables, x)
+  chex.assert_shape(eval_logits, (2, 5))
+  chex.assert_tree_all_finite(eval_logits)
+
+  @jax.jit
+  def train(key):
+    return model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
+  (a, state), (b, _) = train(jax.random.key(2)), train(jax.random.key(3))
+  assert not np.allclose(a, b)  # dropout acts in training
+  before = variables["batch_stats"]["block1_bn1"]["mean"]
+  assert not np.allclose(state["batch_stats"]["block1_bn1"]["mean"], before)
+  chex.assert_trees_all_close(apply(variables, x), eval_logits)  # eval is deterministic
+
+
+def test_features_are_pre_pool_block_outputs():
+  model = _tiny(return_features=True)
+  x = jnp.ones((1, 64, 64, 3))
+  features = jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0), x), x), x)
+  assert sorted(features) == [f"stage{i}" for i in range(1, 6)]
+  for i, width in enumerate((64, 128, 256, 512, 512)):
+    chex.assert_shape(features[f"stage{i + 1}"], (1, 64 >> i, 64 >> i, width))
+
+
+def test_bfloat16_compute():
+  model = create_model("vgg11", num_classes=3, classifier_width=8, dtype=jnp.bfloat16)
+  x = jnp.ones((1, 32, 32, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype(jnp.float32)}
+  assert jax.eval_shape(model.apply, variables, x).dtype == jnp.bfloat16
+
+
+def test_user_errors():
+  with pytest.raises(UserError, match="stage_sizes"):
+    create_model("vgg16", stage_sizes=(1, 2))
+  with pytest.raises(UserError, match="at least 32x32"):
+    _tiny().init(jax.random.key(0), jnp.ones((1, 16, 16, 3)))
