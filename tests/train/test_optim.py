@@ -58,6 +58,11 @@ def test_bad_values_are_user_errors():
   with pytest.raises(UserError, match="optim.schedule"):
     optim.make_schedule(_optim_cfg(schedule="wavy"), 100)
   with pytest.raises(UserError, match="optim.warmup_steps"):
-    optim.make_schedule(_optim_cfg(warmup_steps=200), 100)
+    optim.make_schedule(_optim_cfg(warmup_steps=-1), 100)
+
+
+def test_warmup_longer_than_a_shortened_run_still_peaks():
+  s = optim.make_schedule(_optim_cfg(warmup_steps=200), total_steps=100)
+  np.testing.assert_allclose(float(s(10)), 0.1, rtol=1e-6)
   with pytest.raises(UserError, match="optimizer"):
     optim.make_optimizer(_optim_cfg(name="adamax"), optax.constant_schedule(0.1))
