@@ -1,0 +1,135 @@
+"""The data part of an experiment config: its defaults and its validation."""
+import dataclasses
+from typing import Tuple
+
+import ml_collections
+import numpy as np
+
+from jaxcnn.data import sources, transforms
+from jaxcnn.errors import UserError
+
+NORMALIZATIONS = ("standard", "unit", "symmetric")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Every key the data pipeline reads, with its default; experiment configs start from this."""
+  return ml_collections.ConfigDict({
+      "name": "digits",
+      "image_size": 0,           # 0: native; otherwise bilinear resize to image_size x image_size
+      "channels": 0,             # 0: native; 3 from grayscale repeats, 1 from RGB takes luma
+      "train_split": "",         # '': the dataset's default; tfds slicing allowed ('train[:90%]')
+      "eval_split": "",
+      "augment": "",             # comma list of: crop, flip ('' or 'none': no augmentation)
+      "crop_padding": 4,         # pixels padded on each side before the random crop
+      "crop_pad_mode": "constant",  # constant (zeros) | reflect
+      "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
+      "data_dir": "",            # '': tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+      "download": False,         # prepare a missing tfds dataset (needs its download host)
+      "manual_dir": "",          # folder with already downloaded archives (prepares without network)
+      "num_threads": 2,          # grain reader threads (0: read in the calling thread)
+      "prefetch": 2,             # batches read ahead
+  })
+
+
+_DEFAULTS = default_data_config().to_dict()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """A validated data config (see `default_data_config` for the meaning of each field)."""
+  info: sources.DatasetInfo
+  image_size: int          # resolved: never 0
+  channels: int            # resolved: never 0
+  train_split: str
+  eval_split: str
+  augment: Tuple[str, ...]
+  augment_options: transforms.AugmentOptions
+  normalize: str
+  data_dir: str
+  download: bool
+  manual_dir: str
+  num_threads: int
+  prefetch: int
+
+  @property
+  def name(self) -> str:
+    return self.info.name
+
+  @property
+  def image_shape(self) -> Tuple[int, int, int]:
+    return (self.image_size, self.image_size, self.channels)
+
+  def source(self, split: str):
+    return sources.get_source(self.name, split, data_dir=self.data_dir or None, download=self.download,
+                              manual_dir=self.manual_dir or None)
+
+  def mean_std(self) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (in [0, 1] units) that map the images to what `normalize` asks for."""
+    if self.normalize == "unit":
+      return np.zeros(self.channels, np.float32), np.ones(self.channels, np.float32)
+    if self.normalize == "symmetric":
+      return np.full(self.channels, 0.5, np.float32), np.full(self.channels, 0.5, np.float32)
+    mean, std = sources.channel_stats(self.name, data_dir=self.data_dir or None, download=self.download,
+                                      manual_dir=self.manual_dir or None)
+    if len(mean) == self.channels:
+      return mean, std
+    if self.channels == 3:   # grayscale repeated: the same statistics in every channel
+      return np.repeat(mean, 3), np.repeat(std, 3)
+    # RGB -> luma: the mean is exact; w.std is exact for fully correlated channels
+    # (nearly so for natural images) and an upper bound otherwise.
+    w = transforms.LUMA_WEIGHTS
+    return np.array([w @ mean], np.float32), np.array([w @ std], np.float32)
+
+
+def _get(cfg, key):
+  if isinstance(cfg, dict):
+    return cfg.get(key, _DEFAULTS[key])
+  return getattr(cfg, key, _DEFAULTS[key])
+
+
+def _int(cfg, key, minimum: int) -> int:
+  value = _get(cfg, key)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise UserError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def resolve(data_cfg) -> DataSpec:
+  """Validates a data config (ConfigDict, dict or any object with the attributes) into a DataSpec."""
+  if isinstance(data_cfg, DataSpec):
+    return data_cfg
+  info = sources.dataset_info(str(_get(data_cfg, "name")))
+  image_size = _int(data_cfg, "image_size", 0) or info.image_shape[0]
+  channels = _int(data_cfg, "channels", 0) or info.image_shape[2]
+  native_c = info.image_shape[2]
+  if channels not in (native_c, 1, 3) or (channels == 3 and native_c not in (1, 3)):
+    raise UserError(f"data.channels={channels} is not possible for '{info.name}' ({native_c} channels); "
+                    f"allowed: 0 (native), 1, 3")
+  augment_spec = _get(data_cfg, "augment")
+  try:
+    augment = transforms.parse_augment(augment_spec if augment_spec is not None else "")
+  except ValueError as err:
+    raise UserError(f"unknown augmentation '{err}' in data.augment={augment_spec!r}; allowed: a comma list of "
+                    f"{', '.join(sorted(transforms.AUGMENTATIONS))}, or '' / 'none'") from None
+  pad_mode = str(_get(data_cfg, "crop_pad_mode"))
+  if pad_mode not in transforms.PAD_MODES:
+    raise UserError(f"data.crop_pad_mode must be one of {', '.join(transforms.PAD_MODES)}, got {pad_mode!r}")
+  crop_padding = _int(data_cfg, "crop_padding", 0)
+  if pad_mode == "reflect" and crop_padding >= image_size:
+    raise UserError(f"data.crop_padding={crop_padding} with reflect padding must be < the image size {image_size}")
+  normalize = str(_get(data_cfg, "normalize"))
+  if normalize not in NORMALIZATIONS:
+    raise UserError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+  return DataSpec(
+      info=info, image_size=image_size, channels=channels,
+      train_split=str(_get(data_cfg, "train_split") or info.train_split),
+      eval_split=str(_get(data_cfg, "eval_split") or info.eval_split),
+      augment=augment,
+      augment_options=transforms.AugmentOptions(crop_padding=crop_padding, pad_mode=pad_mode),
+      normalize=normalize,
+      data_dir=str(_get(data_cfg, "data_dir") or ""),
+      download=bool(_get(data_cfg, "download")),
+      manual_dir=str(_get(data_cfg, "manual_dir") or ""),
+      num_threads=_int(data_cfg, "num_threads", 0),
+      prefetch=_int(data_cfg, "prefetch", 0),
+  )

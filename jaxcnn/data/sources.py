@@ -1,0 +1,239 @@
+"""Datasets by name: what they are (`DatasetInfo`) and random access to a split (`get_source`).
+
+A source is anything with `len(src)` and `src[i] -> {'image': uint8 [H, W, C], 'label': int}`.
+
+Embedded datasets ship with a Python package and need neither files nor
+network. `digits` is scikit-learn's `load_digits`: 1,797 8x8 grayscale digits
+with values 0..16, scaled here to uint8 0..255 (x * 255 / 16, rounded). Its
+fixed split, the same on every machine and with no random numbers: within each
+class (in the order load_digits returns it) the 36 examples at evenly spaced
+ranks floor((i + 0.5) * n_class / 36), i = 0..35, form 'test' (360 = 36 x 10,
+stratified); the other 1,437 form 'train', in their original order.
+
+All other datasets are TensorFlow Datasets, read through `tfds.data_source`
+(ArrayRecord, no TensorFlow needed); see `jaxcnn.data.prepare` for how they get
+prepared.
+"""
+import dataclasses
+import functools
+import re
+import types
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from jaxcnn.errors import UserError, unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the pipeline need to know about a dataset before reading it."""
+  name: str
+  num_classes: int
+  image_shape: Tuple[int, int, int]   # native (H, W, C)
+  embedded: bool                      # True: ships with a package, needs no files
+  train_split: str                    # default split names
+  eval_split: str
+  tfds_name: Optional[str]            # None for embedded datasets
+  splits: Tuple[str, ...] = ("train", "test")   # every split name the dataset has
+
+
+_INFOS: Dict[str, DatasetInfo] = {i.name: i for i in [
+    DatasetInfo("digits", 10, (8, 8, 1), True, "train", "test", None),
+    DatasetInfo("mnist", 10, (28, 28, 1), False, "train", "test", "mnist"),
+    DatasetInfo("fashion_mnist", 10, (28, 28, 1), False, "train", "test", "fashion_mnist"),
+    DatasetInfo("kmnist", 10, (28, 28, 1), False, "train", "test", "kmnist"),
+    DatasetInfo("cifar10", 10, (32, 32, 3), False, "train", "test", "cifar10"),
+    DatasetInfo("cifar100", 100, (32, 32, 3), False, "train", "test", "cifar100"),
+    DatasetInfo("svhn_cropped", 10, (32, 32, 3), False, "train", "test", "svhn_cropped",
+                splits=("train", "test", "extra")),
+]}
+
+# Per-channel mean and std of the training split, in [0, 1] units (published values).
+_KNOWN_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "kmnist": ((0.1918,), (0.3483,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn_cropped": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+
+DIGITS_TEST_PER_CLASS = 36
+
+
+def dataset_names() -> list:
+  """Every dataset name `get_source` knows."""
+  return sorted(_INFOS)
+
+
+def embedded_names() -> list:
+  """The datasets that need no files and no network."""
+  return sorted(n for n, i in _INFOS.items() if i.embedded)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+  """The `DatasetInfo` of a known dataset; UserError listing the known ones otherwise."""
+  if name not in _INFOS:
+    raise unknown("dataset", name, _INFOS)
+  return _INFOS[name]
+
+
+class ArraySource:
+  """A split held in memory: uint8 images [N, H, W, C] and integer labels [N]."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, name: str = ""):
+    if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
+      raise ValueError(f"want uint8 [N, H, W, C] images and N labels, got {images.dtype} "
+                       f"{images.shape} and {len(labels)} labels")
+    self.images, self.labels, self.name = images, np.asarray(labels, np.int64), name
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index) -> dict:
+    index = int(index)
+    return {"image": self.images[index], "label": int(self.labels[index])}
+
+  def __repr__(self) -> str:
+    return f"ArraySource({self.name!r}, {len(self)} x {self.images.shape[1:]})"
+
+
+class TfdsSource:
+  """A tfds random-access data source reduced to {'image': uint8 [H, W, C], 'label': int}."""
+
+  def __init__(self, data_source, name: str = ""):
+    self.data_source, self.name = data_source, name
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def __getitem__(self, index) -> dict:
+    example = self.data_source[int(index)]
+    image = np.asarray(example["image"], np.uint8)
+    if image.ndim == 2:
+      image = image[..., None]
+    return {"image": image, "label": int(example["label"])}
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self.name!r}, {len(self)} examples)"
+
+
+def get_source(name: str, split: str, *, data_dir: Optional[str] = None, download: bool = False,
+               manual_dir: Optional[str] = None):
+  """Random access to one split of a dataset.
+
+  Args:
+    name: a name from `dataset_names()`.
+    split: a split name ('train', 'test', ...), with tfds slicing if wanted
+      ('train[:90%]', 'train[45000:]', 'train+test').
+    data_dir: where tfds datasets are prepared; None or '' = tfds's default
+      ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+    download: a tfds dataset that is not prepared is downloaded and prepared
+      (ArrayRecord) when its download host answers within a few seconds.
+    manual_dir: a folder holding the dataset's downloaded archives (e.g.
+      cifar-10-binary.tar.gz); preparing from it needs no network.
+
+  Raises:
+    UserError: unknown dataset or split, an empty split, or a tfds dataset that
+      is not prepared and cannot be prepared here.
+  """
+  info = dataset_info(name)
+  _check_split_names(info, split)
+  if info.embedded:
+    source = _embedded_source(info, split)
+  else:
+    from jaxcnn.data import prepare  # pylint: disable=g-import-not-at-top  (keeps tfds off the digits path)
+    data_source = prepare.tfds_data_source(info, split, data_dir=data_dir or None, download=download,
+                                           manual_dir=manual_dir or None)
+    source = TfdsSource(data_source, name=f"{name}:{split}")
+  if len(source) == 0:
+    raise UserError(f"split '{split}' of dataset '{name}' is empty; choose a split with examples "
+                    f"(splits: {', '.join(info.splits)})")
+  return source
+
+
+def _check_split_names(info: DatasetInfo, split) -> None:
+  """Every '+'-joined part of `split` must start with one of the dataset's split names."""
+  if not isinstance(split, str) or not split.strip():
+    raise UserError(f"split of dataset '{info.name}' must be a non-empty string like 'train', "
+                    f"got {split!r} (splits: {', '.join(info.splits)})")
+  for part in split.split("+"):
+    match = re.fullmatch(r"\s*([A-Za-z_][\w-]*)\s*(\[[^\]]*\])?\s*", part)
+    if not match:
+      raise UserError(f"cannot read split '{split}' of dataset '{info.name}'; write a split name with "
+                      f"optional tfds slicing like 'train', 'train[:90%]' or 'train+test'")
+    if match.group(1) not in info.splits:
+      raise UserError(f"unknown split '{match.group(1)}' of dataset '{info.name}' "
+                      f"(splits: {', '.join(info.splits)})")
+
+
+def _embedded_source(info: DatasetInfo, split: str) -> ArraySource:
+  """Resolves tfds-style slicing over the in-memory splits of an embedded dataset."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  arrays = _EMBEDDED_LOADERS[info.name]()
+  sizes = {k: types.SimpleNamespace(num_examples=len(v[1])) for k, v in arrays.items()}
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
+  except (ValueError, AssertionError) as err:
+    raise UserError(f"cannot read split '{split}' of dataset '{info.name}': {err}") from None
+  parts = [(arrays[i.splitname][0][i.from_:i.to], arrays[i.splitname][1][i.from_:i.to])
+           for i in instructions]
+  images = np.concatenate([p[0] for p in parts])
+  labels = np.concatenate([p[1] for p in parts])
+  return ArraySource(images, labels, name=f"{info.name}:{split}")
+
+
+def digits_test_indices(labels: np.ndarray, per_class: int = DIGITS_TEST_PER_CLASS) -> np.ndarray:
+  """Indices of the fixed stratified test split: `per_class` evenly spaced examples of each class."""
+  chosen = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    ranks = ((np.arange(per_class) + 0.5) * len(members) / per_class).astype(np.int64)
+    chosen.append(members[ranks])
+  return np.sort(np.concatenate(chosen))
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """{'train': (images, labels), 'test': (...)} of sklearn's digits, images uint8 [N, 8, 8, 1]."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  digits = load_digits()
+  images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int64)
+  is_test = np.zeros(len(labels), bool)
+  is_test[digits_test_indices(labels)] = True
+  splits = {"train": (images[~is_test], labels[~is_test]), "test": (images[is_test], labels[is_test])}
+  for pair in splits.values():
+    for array in pair:
+      array.setflags(write=False)   # shared by every source of this process
+  return splits
+
+
+_EMBEDDED_LOADERS = {"digits": _digits_arrays}
+
+
+def channel_stats(name: str, *, data_dir: Optional[str] = None, download: bool = False,
+                  manual_dir: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """Per-channel (mean, std) of the dataset's training split in [0, 1] units, float32 [C] each.
+
+  Published values where known; otherwise computed once from (up to 10,000
+  evenly spaced examples of) the training split and cached.
+  """
+  info = dataset_info(name)
+  if name in _KNOWN_STATS:
+    mean, std = _KNOWN_STATS[name]
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  return _computed_stats(name, data_dir, download, manual_dir, info.train_split)
+
+
+@functools.lru_cache(maxsize=16)
+def _computed_stats(name, data_dir, download, manual_dir, split, max_examples=10_000):
+  source = get_source(name, split, data_dir=data_dir, download=download, manual_dir=manual_dir)
+  take = np.linspace(0, len(source) - 1, min(len(source), max_examples)).astype(np.int64)
+  if isinstance(source, ArraySource):
+    images = source.images[take]
+  else:
+    images = np.stack([source[i]["image"] for i in take])
+  pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+  return pixels.mean(0).astype(np.float32), pixels.std(0).astype(np.float32)
