@@ -52,6 +52,12 @@ def tfds_data_source(info, split: str, *, data_dir: Optional[str], download: boo
   builder = tfds.builder(info.tfds_name, data_dir=data_dir)
   if builder.is_prepared():
     _explain_prepared_failure(info, split, builder, first_error)
+  _prepare_if_possible(info, builder, download=download, manual_dir=manual_dir)
+  return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
+
+
+def _prepare_if_possible(info, builder, *, download: bool, manual_dir: Optional[str]) -> None:
+  """Prepares an unprepared builder from manual_dir or the network, or raises the UserError saying why not."""
   root = str(builder.data_dir_root)
   have_archives = bool(manual_dir) and not _missing_archives(builder, manual_dir)
   if not (download or have_archives):
@@ -62,7 +68,6 @@ def tfds_data_source(info, split: str, *, data_dir: Optional[str], download: boo
       raise _not_prepared(info, builder, root, f"no connection to {', '.join(unreachable)} "
                                                 f"within {REACH_TIMEOUT_S:g} s", download)
   prepare_builder(builder, manual_dir=manual_dir)
-  return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
 
 
 def _explain_prepared_failure(info, split, builder, error):
@@ -163,16 +168,8 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
   if info.embedded:
     raise UserError(f"dataset '{name}' is embedded and needs no preparation")
   builder = tfds.builder(info.tfds_name, data_dir=data_dir or None)
-  if builder.is_prepared():
-    return builder
-  if manual_dir and not _missing_archives(builder, manual_dir):
-    prepare_builder(builder, manual_dir=manual_dir)
-    return builder
-  unreachable = unreachable_hosts(_download_urls(builder))
-  if unreachable:
-    raise _not_prepared(info, builder, str(builder.data_dir_root),
-                        f"no connection to {', '.join(unreachable)} within {REACH_TIMEOUT_S:g} s", True)
-  prepare_builder(builder, manual_dir=manual_dir)
+  if not builder.is_prepared():
+    _prepare_if_possible(info, builder, download=True, manual_dir=manual_dir)
   return builder
 
 

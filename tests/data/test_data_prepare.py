@@ -21,6 +21,7 @@ from tensorflow_datasets.image_classification import cifar, mnist
 
 from jaxcnn import data
 from jaxcnn.data import prepare
+from jaxcnn.errors import UserError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 
@@ -129,3 +130,15 @@ def test_stand_in_names_what_needs_tensorflow():
   assert prepare.TF_STAND_IN.compat.as_text(b"a/b") == "a/b"
   with pytest.raises(ModuleNotFoundError, match=r"calls tf\.image, which needs TensorFlow"):
     prepare.TF_STAND_IN.image.encode_png   # pylint: disable=pointless-statement
+
+
+def test_dataset_prepared_as_tfrecord_is_explained(tmp_path, accept_fake_checksums):
+  tarball, _ = _fake_cifar10_tarball(seed=4)
+  (tmp_path / "cifar-10-binary.tar.gz").write_bytes(tarball)
+  data_dir = tmp_path / "tfds"
+  data.get_source("cifar10", "test", data_dir=str(data_dir), manual_dir=str(tmp_path))
+  info_file = data_dir / "cifar10" / "3.0.2" / "dataset_info.json"
+  info_file.write_text(info_file.read_text().replace('"array_record"', '"tfrecord"'))   # as `tfds build` makes it
+  with pytest.raises(UserError,
+                     match=r"dataset 'cifar10' is prepared under .* as tfrecord, which has no random access"):
+    data.get_source("cifar10", "test", data_dir=str(data_dir), download=True)
