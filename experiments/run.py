@@ -149,8 +149,10 @@ def _setup_logging():
   if pid and pid != "0":
     fmt = f"[process {pid}] " + fmt
   logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
-  for noisy in ("absl", "orbax", "jax", "grain", "tensorflow_datasets"):
+  for noisy in ("orbax", "jax", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  for chatty in ("absl", "tensorflow_datasets"):  # their warnings repeat what our own messages say
+    logging.getLogger(chatty).setLevel(logging.ERROR)
   try:
     import absl.logging
     absl.logging.set_verbosity(absl.logging.WARNING)
