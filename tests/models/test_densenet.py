@@ -89,7 +89,6 @@ def test_dropout_only_in_training():
                                           mutable=["batch_stats"])[0])
   assert not np.allclose(train(jax.random.key(1)), train(jax.random.key(2)))
   evaluate = jax.jit(lambda v: model.apply(v, x))
-  chex.assert_trees_all_close(evaluate(variables), evaluate(variables))
   # In eval the dropout layers are identities: the same as the model without them.
   chex.assert_trees_all_close(evaluate(variables), jax.jit(lambda v: _tiny().apply(v, x))(variables))
 
@@ -102,7 +101,7 @@ def test_user_errors(kwargs, match):
 
 
 def test_small_densenet_bc_learns_digits():
-  model = create_model("densenet_bc_100_12", growth_rate=4, block_config=(2, 2, 2), num_init_features=8)
-  losses = train_losses(model, steps=25)
+  model = create_model("densenet_bc_100_12", growth_rate=8, block_config=(2, 2, 2), num_init_features=16)
+  losses = train_losses(model, steps=25, learning_rate=1e-2)
   print(f"densenet-bc loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-  assert losses[-1] < 0.85 * losses[0]
+  assert losses[-1] < 0.6 * losses[0]
