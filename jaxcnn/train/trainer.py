@@ -37,6 +37,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
 
   `devices` restricts a single-process run to some local devices (default: all).
   """
+  # XLA:CPU compiles the partitionable threefry 3x slower (a ResNet-20 init: 50 s vs 16 s on 2 cores);
+  # on accelerators keep it, so FSDP-sharded parameters are generated shard by shard.
+  with jax.threefry_partitionable(jax.default_backend() != "cpu"):
+    return _train_and_evaluate(config, workdir, devices)
+
+
+def _train_and_evaluate(config, workdir, devices):
   t_start = time.time()
   validate(config, num_devices=len(devices) if devices else None)
   is_main = jax.process_index() == 0

@@ -174,3 +174,31 @@ def test_lenet_digits_learns(tmp_path):
   config, _ = get_experiment("lenet_digits")
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["eval/accuracy"] >= 0.97
+
+
+@pytest.fixture(scope="module")
+def batchnorm_runs(tmp_path_factory):
+  """A BatchNorm ResNet on 1 device, 8 devices (jit) and 8 devices (pmap): 8 steps each."""
+  def config(**kw):
+    c = small_config(train__steps=8, train__log_every=2, eval__every=0, checkpoint__every=0, **kw)
+    c.model.name = "resnet_cifar"
+    with c.model.unlocked():
+      c.model.depth, c.model.width = 8, 0.5
+    c.data.image_size = 16
+    return c
+  runs = {}
+  for name, kw, devices in (("one", {}, jax.devices()[:1]), ("jit8", {}, None),
+                            ("pmap8", {"train__parallel": "pmap"}, None)):
+    workdir = str(tmp_path_factory.mktemp(name))
+    runs[name] = (workdir, train_and_evaluate(config(**kw), workdir, devices=devices))
+  return runs
+
+
+def test_batchnorm_statistics_are_global(batchnorm_runs):
+  """Per-device statistics would differ from the 1-device run (4 examples per device vs 32)."""
+  one, jit8, pmap8 = (losses(batchnorm_runs[k][0]) for k in ("one", "jit8", "pmap8"))
+  np.testing.assert_allclose([jit8[s] for s in one], [one[s] for s in one], rtol=1e-4)
+  np.testing.assert_allclose([pmap8[s] for s in one], [one[s] for s in one], rtol=1e-4)
+  ref = final_params(batchnorm_runs["one"][0])
+  chex.assert_trees_all_close(final_params(batchnorm_runs["pmap8"][0]), ref, rtol=1e-3, atol=1e-5)
+  np.testing.assert_allclose(batchnorm_runs["pmap8"][1]["eval/loss"], batchnorm_runs["one"][1]["eval/loss"], rtol=1e-4)
