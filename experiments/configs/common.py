@@ -23,6 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1
   c.train.ema_decay = 0.0           # > 0: evaluate an EMA of the parameters
   c.train.label_smoothing = 0.0
+  c.train.mixup_alpha = 0.0         # > 0: Mixup with Beta(alpha, alpha) (classification)
+  c.train.cutmix_alpha = 0.0        # > 0: CutMix
+  c.train.cutmix_prob = 0.5         # with both on: the share of mixed steps that use CutMix
+  c.train.mix_prob = 1.0            # share of steps that are mixed at all
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"            # sgd | nesterov | adam | adamw | lamb

@@ -23,13 +23,14 @@ class Classification(Task):
                            batch["image"], train=False)
 
   def loss(self, params, model_state, batch, rng):
-    dropout_rng, drop_path_rng = jax.random.split(rng)
-    logits, new_state = self.model.apply(
-        {"params": params, **model_state}, batch["image"], train=True,
-        rngs={"dropout": dropout_rng, "drop_path": drop_path_rng}, mutable=list(model_state))
-    logits = logits.astype(jnp.float32)  # the loss is always computed in float32
+    dropout_rng, drop_path_rng, mix_rng = jax.random.split(rng, 3)
     labels = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes),
                                  float(self.config.train.label_smoothing))
+    images, labels = mix_batch(mix_rng, batch["image"], labels, self.config.train)
+    logits, new_state = self.model.apply(
+        {"params": params, **model_state}, images, train=True,
+        rngs={"dropout": dropout_rng, "drop_path": drop_path_rng}, mutable=list(model_state))
+    logits = logits.astype(jnp.float32)  # the loss is always computed in float32
     loss = optax.softmax_cross_entropy(logits, labels).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, (new_state, {"train/loss": loss, "train/accuracy": accuracy})
@@ -45,3 +46,40 @@ class Classification(Task):
       top5 = jnp.any(jax.lax.top_k(logits, 5)[1] == labels[:, None], axis=-1)
       sums["top5_accuracy"] = jnp.sum(top5 * mask)
     return sums
+
+
+def mix_batch(rng, images, labels, train_cfg):
+  """Mixup (Zhang et al. 2018) and/or CutMix (Yun et al. 2019) on device, one mixing ratio per batch.
+
+  Each image is mixed with its neighbour in the global batch (a roll, which stays
+  cheap under sharding), so the result does not depend on the device count.
+  `train.mixup_alpha` / `train.cutmix_alpha` (0: off); with both on, CutMix is
+  chosen with probability `train.cutmix_prob`; `train.mix_prob` of the steps are mixed.
+  """
+  mixup, cutmix = float(train_cfg.get("mixup_alpha", 0.0)), float(train_cfg.get("cutmix_alpha", 0.0))
+  if mixup <= 0 and cutmix <= 0:
+    return images, labels
+  choose_rng, lam_rng, box_rng, apply_rng = jax.random.split(rng, 4)
+  use_cutmix = jnp.asarray(cutmix > 0) if mixup <= 0 else (
+      jnp.asarray(False) if cutmix <= 0 else jax.random.bernoulli(choose_rng, float(train_cfg.get("cutmix_prob", 0.5))))
+  alpha = jnp.where(use_cutmix, max(cutmix, 1e-6), max(mixup, 1e-6))
+  lam = jax.random.beta(lam_rng, alpha, alpha)
+  other_images, other_labels = jnp.roll(images, 1, axis=0), jnp.roll(labels, 1, axis=0)
+
+  # CutMix: paste a box of area ~(1 - lam) from the neighbour; lam becomes the exact kept area.
+  h, w = images.shape[1:3]
+  cut = jnp.sqrt(1.0 - lam)
+  cy, cx = jax.random.uniform(box_rng, (2,)) * jnp.array([h, w])
+  y0, y1 = jnp.clip(cy - cut * h / 2, 0, h), jnp.clip(cy + cut * h / 2, 0, h)
+  x0, x1 = jnp.clip(cx - cut * w / 2, 0, w), jnp.clip(cx + cut * w / 2, 0, w)
+  ys, xs = jnp.arange(h)[:, None] + 0.5, jnp.arange(w)[None, :] + 0.5
+  box = ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))[None, :, :, None]
+  box_lam = 1.0 - jnp.mean(box)
+
+  mixed_images = jnp.where(use_cutmix, jnp.where(box, other_images, images),
+                           lam * images + (1 - lam) * other_images)
+  lam = jnp.where(use_cutmix, box_lam, lam)
+  mixed_labels = lam * labels + (1 - lam) * other_labels
+  apply = jax.random.bernoulli(apply_rng, float(train_cfg.get("mix_prob", 1.0)))
+  return (jnp.where(apply, mixed_images, images).astype(images.dtype),
+          jnp.where(apply, mixed_labels, labels))
