@@ -44,6 +44,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.decay_all = False         # False: no decay on biases and norm scales
   c.optim.grad_clip_norm = 0.0      # 0: off
 
+  # Start from pretrained weights (a torchvision/timm state dict or a jaxcnn workdir): see jaxcnn/train/finetune.py.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.weights = ""
+  c.finetune.converter_name = ""    # the weights' model name for the converter (default: model.name)
+  c.finetune.freeze = ""            # regex over 'a/b/kernel' parameter paths to keep fixed, e.g. '^(?!fc/)'
+
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0                  # 0: only at the end
   c.eval.batch_size = 512

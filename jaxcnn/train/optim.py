@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules from the `optim` config section."""
+import jax
 import optax
-from flax import traverse_util
 
 from jaxcnn.errors import UserError, unknown
 
@@ -39,8 +39,7 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
 
 def decay_mask(params):
   """True for weights that get weight decay: kernels and embeddings, not biases or norm scales."""
-  flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({k: (v.ndim > 1) for k, v in flat.items()})
+  return jax.tree.map(lambda x: x.ndim > 1, params)
 
 
 def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:

@@ -20,7 +20,7 @@ import numpy as np
 from jaxcnn import data as data_lib
 from jaxcnn.errors import UserError
 from jaxcnn.tasks import TrainState, get_task
-from jaxcnn.train import optim, sharding, writers
+from jaxcnn.train import finetune, optim, sharding, writers
 from jaxcnn.train.checkpoint import Checkpointer
 from jaxcnn.utils import param_count
 
@@ -59,6 +59,11 @@ def _train_and_evaluate(config, workdir, devices):
   steps = int(config.train.steps)
   schedule = optim.make_schedule(config.optim, steps)
   tx = task.optimizer(lambda optim_cfg: optim.make_optimizer(optim_cfg, schedule))
+  finetune_cfg = config.get("finetune")
+  if finetune_cfg and finetune_cfg.freeze:
+    if isinstance(tx, dict):
+      raise UserError("finetune.freeze works with single-optimizer tasks only")
+    tx = finetune.freeze(tx, finetune_cfg.freeze)
 
   # Data: every process reads only its part of each global batch.
   batch_size, nproc, pid = int(config.train.batch_size), jax.process_count(), jax.process_index()
@@ -86,6 +91,8 @@ def _train_and_evaluate(config, workdir, devices):
     log.info("resumed from %s at step %d", ckpt.directory, start)
   else:
     state, start = jax.jit(init_state, out_shardings=shardings)(base_key), 0
+    if finetune_cfg and finetune_cfg.weights:
+      state = finetune.apply_pretrained(state, finetune_cfg, config.model.name)
   n_params = task.parameter_count(state.params)
   log.info("model %s: %s parameters; %d device(s) in %d process(es); global batch %d; %s",
            config.model.name, f"{n_params:,}", mesh.devices.size, nproc, batch_size,

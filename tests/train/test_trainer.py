@@ -202,3 +202,25 @@ def test_batchnorm_statistics_are_global(batchnorm_runs):
   ref = final_params(batchnorm_runs["one"][0])
   chex.assert_trees_all_close(final_params(batchnorm_runs["pmap8"][0]), ref, rtol=1e-3, atol=1e-5)
   np.testing.assert_allclose(batchnorm_runs["pmap8"][1]["eval/loss"], batchnorm_runs["one"][1]["eval/loss"], rtol=1e-4)
+
+
+def test_finetune_from_a_workdir_with_a_frozen_backbone(reference_run, tmp_path):
+  ref, _ = reference_run
+  config = small_config(train__steps=4, eval__every=0, checkpoint__every=0)
+  config.finetune.weights = ref
+  config.finetune.freeze = "^(?!head/)"
+  train_and_evaluate(config, str(tmp_path))
+  before, after = final_params(ref), final_params(str(tmp_path))
+  for layer in ("C1", "C3", "C5", "F6"):
+    chex.assert_trees_all_equal(before[layer], after[layer])
+  assert not np.allclose(before["head"]["kernel"], after["head"]["kernel"])
+
+
+def test_finetune_rejects_weights_of_another_architecture(reference_run, tmp_path):
+  ref, _ = reference_run
+  config = small_config()
+  config.model.name = "lenet5"
+  config.data.image_size = 32
+  config.finetune.weights = ref
+  with pytest.raises(UserError, match="finetune.weights has parameters the model lacks"):
+    train_and_evaluate(config, str(tmp_path))
