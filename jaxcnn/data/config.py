@@ -5,7 +5,7 @@ from typing import Tuple
 import ml_collections
 import numpy as np
 
-from jaxcnn.data import sources, transforms
+from jaxcnn.data import autoaugment, sources, transforms
 from jaxcnn.errors import UserError
 
 NORMALIZATIONS = ("standard", "unit", "symmetric")
@@ -19,9 +19,21 @@ def default_data_config() -> ml_collections.ConfigDict:
       "channels": 0,             # 0: native; 3 from grayscale repeats, 1 from RGB takes luma
       "train_split": "",         # '': the dataset's default; tfds slicing allowed ('train[:90%]')
       "eval_split": "",
-      "augment": "",             # comma list of: crop, flip ('' or 'none': no augmentation)
+      # Comma list, applied in the listed order: crop, flip, randaugment, autoaugment (uint8 image), then
+      # erase (normalised image, so last). '' or 'none': no augmentation. E.g. 'crop,flip,randaugment,erase'.
+      "augment": "",
       "crop_padding": 4,         # pixels padded on each side before the random crop
       "crop_pad_mode": "constant",  # constant (zeros) | reflect
+      "randaugment_n": 2,        # RandAugment ops per image (timm rand-m9-n2)
+      "randaugment_m": 9.0,      # RandAugment magnitude, 0..10
+      "randaugment_mstd": 0.0,   # per-op Gaussian jitter of the magnitude (timm mstd; DeiT 0.5; inf: U(0, m))
+      "randaugment_prob": 0.5,   # probability that each drawn op is applied (timm: 0.5)
+      "randaugment_increasing": False,  # timm 'inc1' (DeiT): every op gets stronger with m
+      "erase_prob": 0.5,         # random erasing: probability per image
+      "erase_area": (0.02, 1 / 3),   # erased fraction of the image area, (min, max)
+      "erase_aspect": (0.3, 1 / 0.3),  # height/width of the erased rectangle, (min, max), log-uniform
+      "erase_mode": "pixel",     # pixel: N(0, 1) per pixel | rand: one N(0, 1) colour | const: zeros
+      "repeated_aug": 1,         # each drawn image appears this many times per global batch, augmented apart
       "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
       "data_dir": "",            # '': tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
       "download": False,         # prepare a missing tfds dataset (needs its download host)
@@ -50,6 +62,7 @@ class DataSpec:
   manual_dir: str
   num_threads: int
   prefetch: int
+  repeated_aug: int = 1    # copies of each drawn example per global batch (see pipeline's module doc)
 
   @property
   def name(self) -> str:
@@ -94,6 +107,54 @@ def _int(cfg, key, minimum: int) -> int:
   return int(value)
 
 
+def _number(cfg, key, low: float, high: float = float("inf")) -> float:
+  value = _get(cfg, key)
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+      or not low <= value <= high:
+    allowed = f"in [{low}, {high}]" if high != float("inf") else f">= {low}"
+    raise UserError(f"data.{key} must be a number {allowed}, got {value!r}")
+  return float(value)
+
+
+def _range(cfg, key, low: float, high: float) -> Tuple[float, float]:
+  """A (min, max) pair with low < min <= max <= high."""
+  value = _get(cfg, key)
+  try:
+    lo, hi = (float(v) for v in value)
+  except (TypeError, ValueError):
+    lo = hi = float("nan")
+  if not low < lo <= hi <= high:
+    raise UserError(f"data.{key} must be a pair (min, max) with {low} < min <= max <= {high}, got {value!r}")
+  return lo, hi
+
+
+def _augment_options(data_cfg, image_size: int) -> transforms.AugmentOptions:
+  pad_mode = str(_get(data_cfg, "crop_pad_mode"))
+  if pad_mode not in transforms.PAD_MODES:
+    raise UserError(f"data.crop_pad_mode must be one of {', '.join(transforms.PAD_MODES)}, got {pad_mode!r}")
+  crop_padding = _int(data_cfg, "crop_padding", 0)
+  if pad_mode == "reflect" and crop_padding >= image_size:
+    raise UserError(f"data.crop_padding={crop_padding} with reflect padding must be < the image size {image_size}")
+  erase_mode = str(_get(data_cfg, "erase_mode"))
+  if erase_mode not in transforms.ERASE_MODES:
+    raise UserError(f"data.erase_mode must be one of {', '.join(transforms.ERASE_MODES)}, got {erase_mode!r}")
+  increasing = _get(data_cfg, "randaugment_increasing")
+  if not isinstance(increasing, (bool, np.bool_)):
+    raise UserError(f"data.randaugment_increasing must be true or false, got {increasing!r}")
+  return transforms.AugmentOptions(
+      crop_padding=crop_padding, pad_mode=pad_mode,
+      randaugment_n=_int(data_cfg, "randaugment_n", 0),
+      randaugment_m=_number(data_cfg, "randaugment_m", 0.0, autoaugment.MAX_MAGNITUDE),
+      randaugment_mstd=_number(data_cfg, "randaugment_mstd", 0.0),
+      randaugment_prob=_number(data_cfg, "randaugment_prob", 0.0, 1.0),
+      randaugment_increasing=bool(increasing),
+      erase_prob=_number(data_cfg, "erase_prob", 0.0, 1.0),
+      erase_area=_range(data_cfg, "erase_area", 0.0, 1.0),
+      erase_aspect=_range(data_cfg, "erase_aspect", 0.0, float("inf")),
+      erase_mode=erase_mode,
+  )
+
+
 def resolve(data_cfg) -> DataSpec:
   """Validates a data config (ConfigDict, dict or any object with the attributes) into a DataSpec."""
   if isinstance(data_cfg, DataSpec):
@@ -110,13 +171,12 @@ def resolve(data_cfg) -> DataSpec:
     augment = transforms.parse_augment(augment_spec if augment_spec is not None else "")
   except ValueError as err:
     raise UserError(f"unknown augmentation '{err}' in data.augment={augment_spec!r}; allowed: a comma list of "
-                    f"{', '.join(sorted(transforms.AUGMENTATIONS))}, or '' / 'none'") from None
-  pad_mode = str(_get(data_cfg, "crop_pad_mode"))
-  if pad_mode not in transforms.PAD_MODES:
-    raise UserError(f"data.crop_pad_mode must be one of {', '.join(transforms.PAD_MODES)}, got {pad_mode!r}")
-  crop_padding = _int(data_cfg, "crop_padding", 0)
-  if pad_mode == "reflect" and crop_padding >= image_size:
-    raise UserError(f"data.crop_padding={crop_padding} with reflect padding must be < the image size {image_size}")
+                    f"{', '.join(transforms.AUGMENTATIONS)}, or '' / 'none'") from None
+  if sum(transforms.split_augment(augment), ()) != augment:
+    late = ", ".join(sorted(transforms.NORMALIZED_AUGMENTATIONS))
+    raise UserError(f"data.augment={augment_spec!r}: {late} acts on the normalised image and must come after "
+                    f"every other augmentation")
+  augment_options = _augment_options(data_cfg, image_size)
   normalize = str(_get(data_cfg, "normalize"))
   if normalize not in NORMALIZATIONS:
     raise UserError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
@@ -125,11 +185,12 @@ def resolve(data_cfg) -> DataSpec:
       train_split=str(_get(data_cfg, "train_split") or info.train_split),
       eval_split=str(_get(data_cfg, "eval_split") or info.eval_split),
       augment=augment,
-      augment_options=transforms.AugmentOptions(crop_padding=crop_padding, pad_mode=pad_mode),
+      augment_options=augment_options,
       normalize=normalize,
       data_dir=str(_get(data_cfg, "data_dir") or ""),
       download=bool(_get(data_cfg, "download")),
       manual_dir=str(_get(data_cfg, "manual_dir") or ""),
       num_threads=_int(data_cfg, "num_threads", 0),
       prefetch=_int(data_cfg, "prefetch", 0),
+      repeated_aug=_int(data_cfg, "repeated_aug", 1),
   )

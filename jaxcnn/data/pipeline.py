@@ -2,13 +2,21 @@
 
 Determinism contract (training). With global batch size B, P processes and
 local batch b = B / P, the global stream position of element k (0 <= k < B) of
-step t is g = t * B + k. It shows example permutation(seed, epoch)[g % N] of
-epoch g // N (N = split size, one permutation per epoch from
-np.random.default_rng([seed, epoch])), augmented with randomness from
-np.random.default_rng([seed, 1, g]). Process p yields elements k = p * b .. p * b + b - 1.
-So the local batches of processes 0..P-1 at step t, concatenated, are exactly
-the global batch a single process yields at step t: same examples, same order,
-same augmentation, whatever the process count or the number of reader threads.
+step t is g = t * B + k. Position g shows slot s of the example stream: s = g
+without repeated augmentation; with R = data.repeated_aug copies, the global
+batch is R blocks of B / R (B must be divisible by R) and block r (k = r * B / R + j)
+repeats slot s = t * B / R + j. Slot s is example permutation(seed, epoch)[s % N]
+of epoch s // N (N = split size, one permutation per epoch from
+np.random.default_rng([seed, epoch])). Element g is augmented with randomness
+from np.random.default_rng([seed, 1, g]): uint8 augmentations in the listed
+order, normalisation, then the normalised-image ones (erase), so the R copies
+of an example are augmented differently. Process p yields elements
+k = p * b .. p * b + b - 1. So the local batches of processes 0..P-1 at step t,
+concatenated, are exactly the global batch a single process yields at step t:
+same examples, same order, same augmentation, whatever the process count or the
+number of reader threads. With R > 1 a pass over N positions shows N / R distinct
+examples (DeiT's repeated-augmentation sampler keeps its epoch length the same way),
+and with P = R processes each process holds one copy of every example of the batch.
 
 Evaluation reads the split in order; global position g = t * B + k holds example
 g, and positions past the end are padding with mask 0, so every process yields
@@ -46,6 +54,15 @@ def global_position(local_index: int, local_batch: int, global_batch: int, proce
   """Global stream position of this process's `local_index`-th element (see the module doc)."""
   step, j = divmod(local_index, local_batch)
   return step * global_batch + process_index * local_batch + j
+
+
+def example_slot(g: int, global_batch: int, repeats: int) -> int:
+  """Slot of the example stream that global position `g` shows (see the module doc)."""
+  if repeats == 1:
+    return g
+  step, k = divmod(g, global_batch)
+  per_block = global_batch // repeats
+  return step * per_block + k % per_block
 
 
 class _EpochPermutations:
@@ -122,18 +139,26 @@ def train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index
   local = local_batch_size(global_batch_size, process_index, process_count)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise UserError(f"data seed must be a non-negative integer, got {seed!r}")
-  seed, global_batch = int(seed), int(global_batch_size)
+  seed, global_batch, repeats = int(seed), int(global_batch_size), spec.repeated_aug
+  if global_batch % repeats:
+    raise UserError(f"global batch size {global_batch} must be divisible by data.repeated_aug={repeats}")
   examples = _Examples(spec, spec.train_split)
   n = len(examples)
   permutations = _EpochPermutations(seed, n)
+  uint8_augment, normalized_augment = transforms.split_augment(spec.augment)
+  options = spec.augment_options
 
   def element(local_index):
     g = global_position(int(local_index), local, global_batch, process_index)
-    epoch, offset = divmod(g, n)
+    epoch, offset = divmod(example_slot(g, global_batch, repeats), n)
     image, label = examples.uint8_image_and_label(permutations(epoch)[offset])
-    if spec.augment:   # seeding costs as much as a crop: only when something random follows
-      image = transforms.augment(image, np.random.default_rng([seed, 1, g]), spec.augment, spec.augment_options)
-    return examples.finish(image, label)
+    if not spec.augment:   # seeding costs as much as a crop: only when something random follows
+      return examples.finish(image, label)
+    rng = np.random.default_rng([seed, 1, g])
+    out = examples.finish(transforms.augment(image, rng, uint8_augment, options), label)
+    if normalized_augment:
+      out["image"] = transforms.augment(out["image"], rng, normalized_augment, options)
+    return out
 
   dataset = grain.MapDataset.range(_ENDLESS_BATCHES * local).map(element).batch(local, drop_remainder=True)
   return iter(dataset.to_iter_dataset(_read_options(spec)))

@@ -6,15 +6,20 @@ caller decides where randomness comes from (the pipeline seeds it by the
 example's global stream position, which keeps multi-process runs identical to
 single-process ones).
 
-Augmentations are looked up by name in `AUGMENTATIONS`: a new one (RandAugment,
-random erasing, ...) is a function `(image, rng, options) -> image` added to
-that table. Batch-level mixing (Mixup/CutMix) would act after batching and is
-not part of this per-example table.
+Augmentations are looked up by name in `AUGMENTATIONS`: each is a function
+`(image, rng, options) -> image`. They run in the order `data.augment` lists
+them, on the uint8 image, except those in `NORMALIZED_AUGMENTATIONS` (random
+erasing), which act on the normalised float32 image and so must come last in
+the list. A typical CIFAR recipe: 'crop,flip,randaugment,erase'.
+Batch-level mixing (Mixup/CutMix) acts after batching, on device, and is not
+part of this per-example table.
 """
-from typing import Callable, Dict, NamedTuple, Sequence
+from typing import Callable, Dict, NamedTuple, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from jaxcnn.data import autoaugment
 
 # ITU-R BT.601 luma weights, the usual RGB -> grayscale conversion (PIL's "L").
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
@@ -95,10 +100,56 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
   return out
 
 
+ERASE_MODES = ("pixel", "rand", "const")
+
+
+def random_erase(image: np.ndarray, rng: np.random.Generator, prob: float = 0.5,
+                 area: Tuple[float, float] = (0.02, 1 / 3), aspect: Tuple[float, float] = (0.3, 1 / 0.3),
+                 mode: str = "pixel", max_attempts: int = 10) -> np.ndarray:
+  """Random erasing (Zhong et al. 2020) as timm's RandomErasing, on a normalised [H, W, C] image.
+
+  With probability `prob`, draws a rectangle of area U(area) * H * W and
+  height/width ratio log-uniform in `aspect` (up to `max_attempts` draws until
+  it fits strictly inside the image) and overwrites it: 'pixel' with N(0, 1)
+  per pixel and channel, 'rand' with one N(0, 1) colour, 'const' with zeros,
+  i.e. the dataset mean under 'standard' normalisation.
+  """
+  if rng.random() >= prob:
+    return image
+  h, w, c = image.shape
+  # All attempts drawn at once (two generator calls instead of twenty); the first that fits is used.
+  target_area = rng.uniform(area[0], area[1], max_attempts) * (h * w)
+  ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), max_attempts))
+  heights = np.rint(np.sqrt(target_area * ratio)).astype(int)
+  widths = np.rint(np.sqrt(target_area / ratio)).astype(int)
+  fits = np.flatnonzero((heights < h) & (widths < w))
+  if not len(fits):
+    return image
+  eh, ew = heights[fits[0]], widths[fits[0]]
+  top, left = rng.integers(0, (h - eh + 1, w - ew + 1))
+  out = image.copy()
+  if mode == "pixel":
+    out[top:top + eh, left:left + ew] = rng.standard_normal((eh, ew, c), dtype=np.float32)
+  elif mode == "rand":
+    out[top:top + eh, left:left + ew] = rng.standard_normal(c, dtype=np.float32)
+  else:
+    out[top:top + eh, left:left + ew] = 0
+  return out
+
+
 class AugmentOptions(NamedTuple):
-  """What the augmentations may be parameterised by (from the data config)."""
+  """What the augmentations may be parameterised by (from the data config; see `default_data_config`)."""
   crop_padding: int = 4
   pad_mode: str = "constant"
+  randaugment_n: int = 2
+  randaugment_m: float = 9.0
+  randaugment_mstd: float = 0.0
+  randaugment_prob: float = 0.5
+  randaugment_increasing: bool = False
+  erase_prob: float = 0.5
+  erase_area: Tuple[float, float] = (0.02, 1 / 3)
+  erase_aspect: Tuple[float, float] = (0.3, 1 / 0.3)
+  erase_mode: str = "pixel"
 
 
 Augmentation = Callable[[np.ndarray, np.random.Generator, AugmentOptions], np.ndarray]
@@ -106,7 +157,16 @@ Augmentation = Callable[[np.ndarray, np.random.Generator, AugmentOptions], np.nd
 AUGMENTATIONS: Dict[str, Augmentation] = {
     "crop": lambda image, rng, opt: random_crop(image, rng, opt.crop_padding, opt.pad_mode),
     "flip": lambda image, rng, opt: random_flip(image, rng),
+    "randaugment": lambda image, rng, opt: autoaugment.rand_augment(
+        image, rng, opt.randaugment_n, opt.randaugment_m, opt.randaugment_mstd, opt.randaugment_prob,
+        opt.randaugment_increasing),
+    "autoaugment": lambda image, rng, opt: autoaugment.auto_augment(image, rng),
+    "erase": lambda image, rng, opt: random_erase(image, rng, opt.erase_prob, opt.erase_area, opt.erase_aspect,
+                                                  opt.erase_mode),
 }
+
+# Augmentations of the normalised float32 image: applied after `normalize`, after all the others.
+NORMALIZED_AUGMENTATIONS = frozenset({"erase"})
 
 
 def parse_augment(spec: str) -> tuple:
@@ -120,9 +180,19 @@ def parse_augment(spec: str) -> tuple:
   return names
 
 
+def split_augment(names: Sequence[str]) -> Tuple[tuple, tuple]:
+  """(augmentations of the uint8 image, those of the normalised image), each in the listed order."""
+  return (tuple(n for n in names if n not in NORMALIZED_AUGMENTATIONS),
+          tuple(n for n in names if n in NORMALIZED_AUGMENTATIONS))
+
+
 def augment(image: np.ndarray, rng: np.random.Generator, names: Sequence[str],
             options: AugmentOptions) -> np.ndarray:
-  """Applies the named augmentations in order, all drawing from the same generator."""
+  """Applies the named augmentations in order, all drawing from the same generator.
+
+  Names of one stage only: uint8 ones before `normalize`, NORMALIZED_AUGMENTATIONS after it
+  (`split_augment` separates them).
+  """
   for name in names:
     image = AUGMENTATIONS[name](image, rng, options)
   return image

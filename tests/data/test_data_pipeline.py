@@ -32,7 +32,9 @@ def test_default_config_has_every_key():
   cfg = data.default_data_config()
   assert isinstance(cfg, ml_collections.ConfigDict)
   for key in ["name", "image_size", "channels", "train_split", "eval_split", "augment", "crop_padding",
-              "normalize", "data_dir", "download", "num_threads", "prefetch"]:
+              "normalize", "data_dir", "download", "num_threads", "prefetch", "randaugment_n", "randaugment_m",
+              "randaugment_mstd", "randaugment_prob", "randaugment_increasing", "erase_prob", "erase_area",
+              "erase_aspect", "erase_mode", "repeated_aug"]:
     assert key in cfg
   spec = data.resolve(cfg)
   assert spec.image_shape == (8, 8, 1) and spec.train_split == "train" and spec.eval_split == "test"
@@ -163,10 +165,32 @@ def test_eval_split_choice():
     (dict(crop_pad_mode="wrap"), "data.crop_pad_mode"),
     (dict(num_threads=-1), "data.num_threads"),
     (dict(name="cifar11"), "unknown dataset 'cifar11'"),
+    (dict(augment="erase,flip"), "erase acts on the normalised image and must come after"),
+    (dict(randaugment_n=-1), "data.randaugment_n must be an integer >= 0"),
+    (dict(randaugment_m=11), r"data.randaugment_m must be a number in \[0.0, 10.0\]"),
+    (dict(randaugment_mstd=-0.5), "data.randaugment_mstd must be a number >= 0"),
+    (dict(randaugment_prob=1.5), "data.randaugment_prob"),
+    (dict(erase_prob=-0.1), "data.erase_prob"),
+    (dict(erase_area=(0.5, 0.2)), r"data.erase_area must be a pair \(min, max\) with 0.0 < min <= max <= 1.0"),
+    (dict(erase_aspect=(0.0, 2.0)), "data.erase_aspect must be a pair"),
+    (dict(erase_mode="noise"), "data.erase_mode must be one of pixel, rand, const"),
+    (dict(repeated_aug=0), "data.repeated_aug must be an integer >= 1"),
+    (dict(repeated_aug=3), "global batch size 8 must be divisible by data.repeated_aug=3"),
 ])
 def test_bad_config_values_raise_user_errors(override, message):
   with pytest.raises(UserError, match=message):
     data.train_iterator(_cfg(**override), global_batch_size=8, seed=0)
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(randaugment_increasing="yes"), "data.randaugment_increasing must be true or false"),
+    (dict(erase_area=0.3), "data.erase_area must be a pair"),
+    (dict(randaugment_m="9"), "data.randaugment_m must be a number"),
+])
+def test_bad_values_in_plain_dict_configs(override, message):
+  # A ConfigDict rejects these type changes itself; plain dicts reach the data module's checks.
+  with pytest.raises(UserError, match=message):
+    data.train_iterator({**_cfg().to_dict(), **override}, global_batch_size=8, seed=0)
 
 
 def test_bad_batch_and_process_arguments():
@@ -187,3 +211,59 @@ def test_plain_objects_work_as_config():
     name, image_size, augment = "digits", 0, "flip"
   batch = next(data.train_iterator(Plain(), global_batch_size=4, seed=0))
   chex.assert_shape(batch["image"], (4, 8, 8, 1))
+
+
+STRONG = "crop,flip,randaugment,autoaugment,erase"
+
+
+def test_new_augmentations_and_repeats_keep_process_shards_identical():
+  # 50 examples, global batch 24 = 3 copies of 8: the example stream crosses an epoch at step 6.
+  cfg = _cfg(train_split="train[:50]", channels=3, augment=STRONG, repeated_aug=3, randaugment_mstd=0.5,
+             erase_prob=0.5)
+  whole = _take(data.train_iterator(cfg, global_batch_size=24, seed=11), 8)
+  shards = [_take(data.train_iterator(cfg, global_batch_size=24, seed=11, process_index=p, process_count=2), 8)
+            for p in range(2)]
+  chex.assert_shape(shards[1][0]["image"], (12, 12, 12, 3))
+  joined = _concat(shards)
+  for t in range(8):
+    chex.assert_trees_all_equal(joined[t], whole[t])
+  single_thread = _take(data.train_iterator(_cfg(train_split="train[:50]", channels=3, augment=STRONG, repeated_aug=3,
+                                                 randaugment_mstd=0.5, num_threads=0, prefetch=0),
+                                            global_batch_size=24, seed=11), 3)
+  chex.assert_trees_all_equal(single_thread, whole[:3])
+
+
+def test_repeated_aug_puts_each_example_in_every_block_of_the_global_batch():
+  cfg = _cfg(train_split="train[:50]", augment="", repeated_aug=3)
+  batches = _take(data.train_iterator(cfg, global_batch_size=24, seed=2), 6)
+  for batch in batches:
+    blocks = [{k: v[8 * r:8 * r + 8] for k, v in batch.items()} for r in range(3)]
+    chex.assert_trees_all_equal(blocks[0], blocks[1], blocks[2])         # no augmentation: identical copies
+  # Block 0 of steps 0..5 walks one permutation of the 50 examples: slots 0..47 are 48 different examples.
+  raw = np.concatenate([b["image"][:8] for b in batches]).reshape(48, -1)
+  assert len({row.tobytes() for row in raw}) == 48
+  augmented = _take(data.train_iterator(_cfg(train_split="train[:50]", augment="crop,flip,erase", repeated_aug=3),
+                                        global_batch_size=24, seed=2), 6)
+  for plain, aug in zip(batches, augmented):
+    np.testing.assert_array_equal(aug["label"], plain["label"])        # same examples in the same places...
+    assert not np.array_equal(aug["image"][:8], aug["image"][8:16])    # ...augmented differently per copy
+
+
+def test_stream_with_repeats_and_erase_matches_the_documented_formula():
+  seed, n, batch, repeats = 4, 50, 12, 3
+  cfg = _cfg(train_split="train[:50]", augment="crop,randaugment,erase", repeated_aug=repeats, randaugment_n=3)
+  spec = data.resolve(cfg)
+  batches = _take(data.train_iterator(cfg, global_batch_size=batch, seed=seed), 14)
+  images = transforms.resize_batch(data.get_source("digits", "train[:50]").images, 12)
+  labels = data.get_source("digits", "train[:50]").labels
+  mean, std = spec.mean_std()
+  for t in [0, 12, 13]:              # step 12 holds slots 48..51: the epoch changes inside it
+    for k in range(batch):
+      g = t * batch + k
+      slot = t * (batch // repeats) + k % (batch // repeats)
+      index = np.random.default_rng([seed, slot // n]).permutation(n)[slot % n]
+      rng = np.random.default_rng([seed, 1, g])
+      image = transforms.augment(images[index], rng, ("crop", "randaugment"), spec.augment_options)
+      image = transforms.augment(transforms.normalize(image, mean, std), rng, ("erase",), spec.augment_options)
+      np.testing.assert_array_equal(batches[t]["image"][k], image)
+      assert batches[t]["label"][k] == labels[index]

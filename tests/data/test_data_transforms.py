@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jaxcnn.data import transforms
+from jaxcnn.data import autoaugment, transforms
 
 
 def test_resize_keeps_constant_images_and_shapes():
@@ -103,3 +103,74 @@ def test_parse_augment_and_apply():
   rng = np.random.default_rng(5)
   b = transforms.random_flip(transforms.random_crop(image, rng, 1), rng)
   np.testing.assert_array_equal(a, b)
+
+
+def _erased_box(before, after):
+  """(top, left, height, width) of the changed pixels, asserting they fill their bounding box."""
+  changed = np.any(after != before, axis=2)
+  if not changed.any():
+    return None
+  rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+  top, left, h, w = rows[0], cols[0], rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+  assert changed[top:top + h, left:left + w].all() and changed.sum() == h * w   # one solid rectangle
+  return top, left, h, w
+
+
+def _explainable(h, w, size, area, aspect):
+  """Whether round(sqrt(a * r)) = h, round(sqrt(a / r)) = w for some a in area * size and r in aspect."""
+  lo_a, hi_a = max((h - .5) * (w - .5), area[0] * size), min((h + .5) * (w + .5), area[1] * size)
+  lo_r, hi_r = max((h - .5) / (w + .5), aspect[0]), min((h + .5) / max(w - .5, 1e-9), aspect[1])
+  return lo_a <= hi_a + 1e-9 and lo_r <= hi_r + 1e-9
+
+
+@pytest.mark.parametrize("area, aspect", [((0.02, 1 / 3), (0.3, 1 / 0.3)), ((0.1, 0.2), (1.0, 1.0)),
+                                          ((0.3, 0.5), (0.5, 2.0))])
+def test_random_erase_changes_one_rectangle_within_the_area_and_aspect_ranges(area, aspect):
+  image = np.full((32, 24, 3), 5.0, np.float32)       # normalised values never equal to the zero fill
+  sizes = []
+  for seed in range(300):
+    out = transforms.random_erase(image, np.random.default_rng(seed), 1.0, area, aspect, mode="const")
+    box = _erased_box(image, out)
+    if box is None:
+      continue
+    top, left, h, w = box
+    assert h < 32 and w < 24                             # strictly inside, as timm
+    assert np.all(out[top:top + h, left:left + w] == 0)
+    assert _explainable(h, w, 32 * 24, area, aspect), (h, w)
+    sizes.append(h * w)
+  assert len(sizes) > 250
+  assert min(sizes) < 1.3 * area[0] * 768 + 20 and max(sizes) > 0.8 * area[1] * 768 - 20   # the range is used
+
+
+def test_random_erase_fills_and_probability():
+  image = np.full((32, 32, 3), 5.0, np.float32)
+  pixel_values, erased = [], 0
+  for seed in range(400):
+    out = transforms.random_erase(image, np.random.default_rng(seed), 0.25, mode="pixel")
+    box = _erased_box(image, out)
+    if box is not None:
+      erased += 1
+      top, left, h, w = box
+      pixel_values.append(out[top:top + h, left:left + w].ravel())
+    else:
+      np.testing.assert_array_equal(out, image)
+  assert 0.15 < erased / 400 < 0.3                      # p = 0.25 (an erase can also fail its 10 attempts)
+  values = np.concatenate(pixel_values)
+  assert abs(values.mean()) < 0.05 and abs(values.std() - 1) < 0.05    # N(0, 1) per pixel and channel
+  for seed in range(20):
+    out = transforms.random_erase(image, np.random.default_rng(seed), 1.0, mode="rand")
+    top, left, h, w = _erased_box(image, out)
+    patch = out[top:top + h, left:left + w]
+    np.testing.assert_array_equal(patch, np.broadcast_to(patch[:1, :1], patch.shape))   # one colour
+  assert transforms.random_erase(image, np.random.default_rng(0), 0.0) is image
+
+
+def test_split_augment_and_new_names():
+  assert transforms.parse_augment("crop,flip,randaugment,autoaugment,erase") == (
+      "crop", "flip", "randaugment", "autoaugment", "erase")
+  assert transforms.split_augment(("crop", "randaugment", "erase")) == (("crop", "randaugment"), ("erase",))
+  assert transforms.split_augment(("crop", "flip")) == (("crop", "flip"), ())
+  image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+  opts = transforms.AugmentOptions(randaugment_n=3, randaugment_m=5.0)
+  expected = autoaugment.rand_augment(image, np.random.default_rng(3), 3, 5.0)
+  np.testing.assert_array_equal(transforms.augment(image, np.random.default_rng(3), ("randaugment",), opts), expected)
