@@ -1,4 +1,4 @@
-"""A CIFAR-style ResNet-20 (He et al. 2015, BasicBlocks, 16/32/64 channels) on digits upsampled to 32x32.
+"""A CIFAR-style ResNet-20 (He et al. 2015, BasicBlocks, 16/32/64 channels) on digits upsampled to 16x16.
 
     python -m experiments.run --exp=resnet_digits
 
@@ -11,7 +11,7 @@ def get_config():
   c = base_config()
   c.model.name = "resnet20"
   c.data.name = "digits"
-  c.data.image_size = 32
+  c.data.image_size = 16
   c.data.augment = "crop"
   c.data.crop_padding = 2
   c.train.steps = 300
