@@ -7,6 +7,9 @@ from jaxcnn.tasks.base import Task, TrainState, model_kwargs
 # name -> "module:Class"; imported lazily so a task's extra dependencies load only when used.
 _TASKS = {
     "classification": "jaxcnn.tasks.classification:Classification",
+    "vae": "jaxcnn.tasks.vae:VAE",
+    "gan": "jaxcnn.tasks.gan:GAN",
+    "stackgan": "jaxcnn.tasks.gan:StackGAN",
 }
 
 
