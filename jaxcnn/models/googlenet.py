@@ -116,7 +116,8 @@ class GoogLeNet(nn.Module):
 
   def __post_init__(self):
     if self.branch3_kernel not in (3, 5):
-      raise UserError(f"branch3_kernel={self.branch3_kernel} is not supported (allowed: 3 as torchvision, 5 as the paper)")
+      raise UserError(f"branch3_kernel={self.branch3_kernel} is not supported "
+                      "(allowed: 3 as torchvision, 5 as the paper)")
     for field in ("dropout_rate", "aux_dropout_rate"):
       if not 0.0 <= getattr(self, field) < 1.0:
         raise UserError(f"{field}={getattr(self, field)} must be in [0, 1)")

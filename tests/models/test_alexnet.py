@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from family_checks import check_bfloat16
 from fast_init import random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
@@ -78,3 +79,8 @@ def test_lrn_changes_the_output_and_dropout_acts_in_training(alexnet_run):
 def test_bad_dropout_rate_is_a_user_error():
   with pytest.raises(UserError, match="dropout_rate"):
     create_model("alexnet", dropout_rate=1.0)
+
+
+@pytest.mark.parametrize("name,kwargs", [("alexnet", {}), ("zfnet", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from family_checks import check_bfloat16
 from fast_init import random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
@@ -89,3 +90,8 @@ def test_narrow_convnext_learns_digits():
   losses = train_losses(model, steps=12, learning_rate=1e-2)
   print(f"convnext dims 8-64 loss {losses[0]:.3f} -> {losses[-1]:.3f}")
   assert losses[-1] < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("name,kwargs", [("convnext_tiny", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)

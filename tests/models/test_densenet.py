@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from family_checks import check_bfloat16, check_bn_axis_name
 from fast_init import random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
@@ -105,3 +106,13 @@ def test_small_densenet_bc_learns_digits():
   losses = train_losses(model, steps=25, learning_rate=1e-2)
   print(f"densenet-bc loss {losses[0]:.3f} -> {losses[-1]:.3f}")
   assert losses[-1] < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("name,kwargs", [("densenet121", {}), ("densenet_bc_100_12", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("densenet121", {}), ("densenet_bc_100_12", dict(memory_efficient=True))])
+def test_bn_axis_name_reaches_the_batchnorms(name, kwargs):
+  check_bn_axis_name(name, **kwargs)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from family_checks import check_bfloat16, check_bn_axis_name
 from fast_init import random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
@@ -70,3 +71,13 @@ def test_stochastic_depth_only_in_training():
 def test_user_errors(kwargs, match):
   with pytest.raises(UserError, match=match):
     create_model("efficientnet_b0", **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("efficientnet_b0", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("efficientnet_b0", {})])
+def test_bn_axis_name_reaches_the_batchnorms(name, kwargs):
+  check_bn_axis_name(name, **kwargs)

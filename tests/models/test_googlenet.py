@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fast_init import random_variables
+from family_checks import check_bfloat16, check_bn_axis_name
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
-from jaxcnn.models.googlenet import GoogLeNetOutputs
+from jaxcnn.models.googlenet import GoogLeNet, GoogLeNetOutputs
 from jaxcnn.utils import abstract_variables, param_count
 
 
@@ -54,14 +54,12 @@ def test_aux_heads_only_in_training():
   chex.assert_shape(jax.eval_shape(model.apply, abstract, x), (2, 7))
 
 
-def test_transform_input_changes_only_the_input_scaling():
-  x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
-  plain, transformed = create_model("googlenet", num_classes=3), create_model("googlenet", num_classes=3,
-                                                                               transform_input=True)
-  variables = random_variables(plain, x.shape)
-  std, mean = jnp.array([0.229, 0.224, 0.225]), jnp.array([0.485, 0.456, 0.406])
-  chex.assert_trees_all_close(jax.jit(transformed.apply)(variables, x),
-                              jax.jit(plain.apply)(variables, x * std / 0.5 + (mean - 0.5) / 0.5), atol=1e-5)
+def test_transform_input_renormalises_imagenet_inputs_to_half_range():
+  """ImageNet mean/std normalised pixels -> (p - 0.5) / 0.5: pixels 0 and 1 land on -1 and 1."""
+  mean, std = jnp.array([0.485, 0.456, 0.406]), jnp.array([0.229, 0.224, 0.225])
+  pixels = jnp.array([0.0, 1.0, 0.25])[:, None] * jnp.ones(3)
+  got = GoogLeNet._transform_input(((pixels - mean) / std).reshape(1, 3, 1, 3))
+  chex.assert_trees_all_close(got.reshape(3, 3), (pixels - 0.5) / 0.5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(branch3_kernel=7), "branch3_kernel"),
@@ -69,3 +67,13 @@ def test_transform_input_changes_only_the_input_scaling():
 def test_user_errors(kwargs, match):
   with pytest.raises(UserError, match=match):
     create_model("googlenet", **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("googlenet", dict(aux_logits=True))])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("googlenet", dict(aux_logits=True))])
+def test_bn_axis_name_reaches_the_batchnorms(name, kwargs):
+  check_bn_axis_name(name, **kwargs)

@@ -2,9 +2,9 @@
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
+from family_checks import check_bfloat16
 from fast_init import random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
@@ -67,3 +67,8 @@ def test_user_errors(kwargs, match):
 def test_too_small_input_is_a_user_error():
   with pytest.raises(UserError, match="at least 4x4"):
     abstract_variables(create_model("highway_net"), (1, 2, 2, 3))
+
+
+@pytest.mark.parametrize("name,kwargs", [("highway_net", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)

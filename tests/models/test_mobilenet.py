@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from family_checks import check_bfloat16, check_bn_axis_name
 from fast_init import random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
@@ -107,3 +108,13 @@ def test_thin_mobilenet_v1_learns_digits():
   losses = train_losses(create_model("mobilenet_v1", alpha=0.25, num_classes=10), steps=12)
   print(f"mobilenet_v1 alpha=0.25 loss {losses[0]:.3f} -> {losses[-1]:.3f}")
   assert losses[-1] < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("name,kwargs", [("mobilenet_v1", {}), ("mobilenet_v2", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("mobilenet_v1", {}), ("mobilenet_v2", {})])
+def test_bn_axis_name_reaches_the_batchnorms(name, kwargs):
+  check_bn_axis_name(name, **kwargs)

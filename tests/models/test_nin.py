@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from family_checks import check_bfloat16
 from fast_init import random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
@@ -61,3 +62,8 @@ def test_user_errors():
     create_model("nin", config="mnist")
   with pytest.raises(UserError, match="at least 39x39"):
     abstract_variables(create_model("nin_imagenet"), (1, 32, 32, 3))
+
+
+@pytest.mark.parametrize("name,kwargs", [("nin", {}), ("nin_imagenet", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)

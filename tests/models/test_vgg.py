@@ -8,6 +8,7 @@ import pytest
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.utils import abstract_variables, param_count
+from family_checks import check_bfloat16, check_bn_axis_name
 from fast_init import random_variables
 
 # torchvision 0.29 `sum(p.numel() for p in model.parameters())`, 1000 classes.
@@ -64,16 +65,18 @@ def test_features_are_pre_pool_block_outputs():
     chex.assert_shape(features[f"stage{i + 1}"], (1, 64 >> i, 64 >> i, width))
 
 
-def test_bfloat16_compute():
-  model = create_model("vgg11", num_classes=3, classifier_width=8, dtype=jnp.bfloat16)
-  x = jnp.ones((1, 32, 32, 3))
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype(jnp.float32)}
-  assert jax.eval_shape(model.apply, variables, x).dtype == jnp.bfloat16
-
-
 def test_user_errors():
   with pytest.raises(UserError, match="stage_sizes"):
     create_model("vgg16", stage_sizes=(1, 2))
   with pytest.raises(UserError, match="at least 32x32"):
     _tiny().init(jax.random.key(0), jnp.ones((1, 16, 16, 3)))
+
+
+@pytest.mark.parametrize("name,kwargs", [("vgg11_bn", {})])
+def test_bfloat16_compute(name, kwargs):
+  check_bfloat16(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("vgg11_bn", {})])
+def test_bn_axis_name_reaches_the_batchnorms(name, kwargs):
+  check_bn_axis_name(name, **kwargs)
