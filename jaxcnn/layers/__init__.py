@@ -5,3 +5,4 @@ __all__ = ["Conv", "ConvTranspose", "conv_general_dilated"]
 from jaxcnn.layers.drop import DropPath
 from jaxcnn.layers.norm import LocalResponseNorm, local_response_norm
 from jaxcnn.layers.pool import adaptive_avg_pool, avg_pool, max_pool
+from jaxcnn.layers.conv_norm import ConvBNAct
