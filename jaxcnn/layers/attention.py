@@ -1,0 +1,88 @@
+"""Multi-head self-attention over a token axis, shared by ViT and the hybrid models.
+
+Parameter layout (chosen so timm / PyTorch weights import by a transpose):
+  qkv/kernel  [dim, 3 * qkv_features]   timm `attn.qkv.weight` [3 * dim, dim], transposed
+  qkv/bias    [3 * qkv_features]        timm `attn.qkv.bias`
+  proj/kernel [qkv_features, out]       timm `attn.proj.weight`, transposed
+  proj/bias   [out]                     timm `attn.proj.bias`
+The fused output splits as (3, heads, head_dim) along its last axis, the order
+timm uses (`qkv.reshape(B, N, 3, heads, head_dim)`), so no column shuffling is
+needed. torchvision's `in_proj_weight` uses the same [q; k; v] stacking.
+"""
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def _as_4d_bias(bias, dtype=jnp.float32):
+  """[N, N], [heads, N, N] or [B, heads, N, N] -> a 4-D array broadcastable to [B, heads, N, N]."""
+  bias = jnp.asarray(bias, dtype)
+  return bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+
+
+def dot_product_attention_weights(query, key, bias=None):
+  """softmax(q k^T / sqrt(d) + bias) in float32; q, k: [B, N, heads, d] -> [B, heads, N, N]."""
+  scale = query.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + _as_4d_bias(bias)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """Self-attention: fused `qkv` projection, scaled dot-product, output `proj`.
+
+  Input [..., N, dim] (any leading batch axes, e.g. [B * windows, N, dim] for
+  window attention), output [..., N, out_features or dim].
+
+  The scaled dot-product goes through `jax.nn.dot_product_attention`, which
+  picks fused kernels where the backend has them (`implementation='cudnn'`
+  forces cuDNN flash attention on GPU). That function has no dropout, so when
+  `dropout_rate > 0` and `train=True` the attention weights are formed
+  explicitly (same float32 softmax) and dropped with the 'dropout' rng.
+
+  `bias` is an additive logit bias broadcastable to [B, heads, N, N], e.g. the
+  [heads, N, N] relative position bias of Swin / MaxViT.
+  """
+  num_heads: int
+  qkv_features: Optional[int] = None  # total width of q (and k, v); default: input width
+  out_features: Optional[int] = None  # default: input width
+  dropout_rate: float = 0.0  # dropout on the attention weights
+  use_bias: bool = True  # bias of the qkv projection (timm `qkv_bias`)
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  implementation: Optional[str] = None  # jax.nn.dot_product_attention: None | 'xla' | 'cudnn'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias=None, train: bool = False):
+    *batch, length, dim = x.shape
+    features = self.qkv_features or dim
+    if features % self.num_heads:
+      raise ValueError(f"attention width {features} is not divisible by {self.num_heads} heads")
+    head_dim = features // self.num_heads
+    x = x.reshape((-1, length, dim))
+
+    qkv = nn.Dense(3 * features, use_bias=self.use_bias, kernel_init=self.kernel_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
+    qkv = qkv.reshape(x.shape[0], length, 3, self.num_heads, head_dim)
+    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
+
+    if train and self.dropout_rate > 0:
+      weights = dot_product_attention_weights(query, key, bias)
+      weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+    else:
+      if bias is not None:  # float32 logits + float32 bias; cuDNN wants the input dtype
+        bias = _as_4d_bias(bias, query.dtype if self.implementation == "cudnn" else jnp.float32)
+      out = jax.nn.dot_product_attention(query, key, value, bias=bias,
+                                         implementation=self.implementation)
+
+    out = out.reshape(x.shape[0], length, features)
+    out = nn.Dense(self.out_features or dim, kernel_init=self.kernel_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+    return out.reshape(*batch, length, out.shape[-1])
