@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
 from jaxcnn.layers import Conv
+from jaxcnn.layers.attention_blocks import ATTENTION_BLOCKS, make_attention
 from jaxcnn.registry import register_model
 
 ModuleDef = Callable[..., nn.Module]
@@ -103,6 +104,7 @@ class BasicBlock(nn.Module):
   shortcut: str = "B"
   zero_init_residual: bool = False
   dropout: Optional[ModuleDef] = None  # between the two convs when given
+  attn: Optional[ModuleDef] = None     # attention on the residual branch (SE, ECA, CBAM, GSoP): attn(channels, name=)
   expansion = 1
 
   @nn.compact
@@ -113,6 +115,8 @@ class BasicBlock(nn.Module):
       y = self.dropout()(y)
     y = self.conv(self.filters, (3, 3), padding=1, name="conv2")(y)
     y = _last_bn(self.norm, self.zero_init_residual, "bn2")(y)
+    if self.attn is not None:
+      y = self.attn(self.filters, name="se")(y)  # 'se' as timm names it, whatever the kind
     return nn.relu(y + shortcut(x, self.filters, self.strides, self.shortcut, self.conv, self.norm))
 
 
@@ -130,6 +134,7 @@ class Bottleneck(nn.Module):
   groups: int = 1
   shortcut: str = "B"
   zero_init_residual: bool = False
+  attn: Optional[ModuleDef] = None
   expansion = 4
 
   @nn.compact
@@ -142,6 +147,8 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(out, (1, 1), name="conv3")(y)
     y = _last_bn(self.norm, self.zero_init_residual, "bn3")(y)
+    if self.attn is not None:
+      y = self.attn(out, name="se")(y)
     return nn.relu(y + shortcut(x, out, self.strides, self.shortcut, self.conv, self.norm))
 
 
@@ -239,6 +246,7 @@ class ResNet(nn.Module):
   width_per_group: int = 64       # 128 makes wide_resnet*_2
   preact: bool = False            # pre-activation blocks and a final BN-ReLU
   stem: str = "imagenet"          # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'cifar': 3x3/1 conv
+  attn: Optional[str] = None      # 'se' | 'eca' | 'cbam' | 'gsop' on every block's residual branch (timm attn_layer)
   zero_init_residual: bool = False
   return_features: bool = False
   num_classes: int = 1000
@@ -249,6 +257,7 @@ class ResNet(nn.Module):
   def __post_init__(self):
     _check_choice("block", self.block, ("basic", "bottleneck"))
     _check_choice("stem", self.stem, ("imagenet", "cifar"))
+    _check_attn(self)
     if not self.stage_sizes or any(int(n) < 1 for n in self.stage_sizes):
       raise UserError(f"stage_sizes={tuple(self.stage_sizes)} must be a non-empty list of positive block counts")
     if self.block == "basic" and (self.groups != 1 or self.width_per_group != 64):
@@ -295,7 +304,7 @@ class ResNet(nn.Module):
       kwargs.update(width=int(kwargs["filters"] * self.width_per_group / 64) * self.groups,
                     groups=self.groups)
     if not self.preact:
-      return (Bottleneck if self.block == "bottleneck" else BasicBlock)(**kwargs)
+      return (Bottleneck if self.block == "bottleneck" else BasicBlock)(attn=_attention(self, norm), **kwargs)
     # The stem ends in BN-ReLU, so the very first unit takes an activated input.
     kwargs.update(first_in_stage=index == 0, activated_input=stage == 0 and index == 0)
     return (PreActBottleneck if self.block == "bottleneck" else PreActBasicBlock)(**kwargs)
@@ -315,6 +324,7 @@ class CifarResNet(nn.Module):
   shortcut: str = "A"             # 'A': zero-padding identity; 'B': projection where shapes change
   preact: bool = False
   dropout_rate: float = 0.0       # inside each block, between its two convs
+  attn: Optional[str] = None      # 'se' | 'eca' | 'cbam' | 'gsop' (post-activation blocks only)
   zero_init_residual: bool = False
   return_features: bool = False
   num_classes: int = 10
@@ -327,6 +337,7 @@ class CifarResNet(nn.Module):
 
   def __post_init__(self):
     _check_choice("shortcut", self.shortcut, ("A", "B"))
+    _check_attn(self)
     n, rest = divmod(self.depth - self.depth_extra, 6)
     if n < 1 or rest:
       raise UserError(f"depth={self.depth} is not allowed: {type(self).__name__} needs depth = 6n + "
@@ -365,7 +376,7 @@ class CifarResNet(nn.Module):
         if self.preact:
           x = PreActBasicBlock(first_in_stage=index == 0, **kwargs)(x)
         else:
-          x = BasicBlock(**kwargs)(x)
+          x = BasicBlock(attn=_attention(self, norm), **kwargs)(x)
       features[f"stage{stage + 1}"] = x
     if self.preact:
       x = nn.relu(norm(name="final_bn")(x))
@@ -392,6 +403,20 @@ class WideResNet(CifarResNet):
   depth_extra = 4
 
 
+def _check_attn(model):
+  if model.attn not in (None, "none"):
+    _check_choice("attn", model.attn, tuple(ATTENTION_BLOCKS))
+    if model.preact:
+      raise UserError("attn is supported on post-activation blocks only (preact=False)")
+
+
+def _attention(model, norm) -> Optional[ModuleDef]:
+  """The block factory for `model.attn`; blocks with BatchNorm share the model's train/eval norm."""
+  if model.attn in (None, "none"):
+    return None
+  return functools.partial(make_attention, model.attn, norm=norm, dtype=model.dtype, param_dtype=model.param_dtype)
+
+
 def _register():
   imagenet = {
       "resnet18": dict(stage_sizes=(2, 2, 2, 2), block="basic"),
@@ -409,6 +434,12 @@ def _register():
       "resnext101_64x4d": dict(imagenet["resnet101"], groups=64, width_per_group=4),
       **{f"preact_{name}": dict(kw, preact=True) for name, kw in imagenet.items()},
       "resnet18_cifar": dict(imagenet["resnet18"], stem="cifar", num_classes=10),
+      # Attention-augmented (Hu et al. 2018; Wang et al. 2020; Woo et al. 2018), as timm's seresnet50 etc.
+      "se_resnet18": dict(imagenet["resnet18"], attn="se"),
+      "se_resnet50": dict(imagenet["resnet50"], attn="se"),
+      "eca_resnet50": dict(imagenet["resnet50"], attn="eca"),
+      "cbam_resnet50": dict(imagenet["resnet50"], attn="cbam"),
+      "gsop_resnet50": dict(imagenet["resnet50"], attn="gsop"),
       "resnext29_8x64d": dict(stage_sizes=(3, 3, 3), block="bottleneck", groups=8,
                               width_per_group=64, stem="cifar", num_classes=10),
   }
