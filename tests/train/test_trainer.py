@@ -168,7 +168,6 @@ def test_bad_config_values(key, value, match, tmp_path):
     train_and_evaluate(small_config(**{key: value}), str(tmp_path))
 
 
-@pytest.mark.slow
 def test_lenet_digits_learns(tmp_path):
   """The README's main job: the faithful LeNet-5 on digits reaches >= 97% test accuracy."""
   config, _ = get_experiment("lenet_digits")
