@@ -14,9 +14,10 @@ Stage I (`stackgan_stage1`, 64x64 in the paper):
      the embedding compressed by Dense(ef_dim) + LeakyReLU and tiled 4x4,
      concatenated, 3x3 conv + BN + LeakyReLU, 4x4 VALID conv -> one logit.
 Stage II (`stackgan_stage2`, 64 -> 256 in the paper):
-  G: the Stage-I image -> 3x3 conv, two stride-2 4x4 convs (to 1/4 of its
-     size, 4 * gf_dim channels) -> joined with the tiled condition by a 3x3 conv
-     -> `r_num` residual blocks -> up-blocks to `image_size` -> 3x3 conv -> tanh
+  G: the Stage-I image -> 3x3 conv, `encoder_downs` stride-2 4x4 convs (the
+     paper's 2: 64 -> 16, widths doubling to 4 * gf_dim) -> joined with the
+     tiled condition by a 3x3 conv -> `r_num` residual blocks -> up-blocks
+     (widths halving) to `image_size` -> 3x3 conv -> tanh
   D: as Stage I with more stride-2 convs, 3x3 convs bringing the width back
      to 8 * df_dim, and a second, unconditional logit (as the authors' PyTorch
      code; the task uses it when `stackgan.uncond_coeff > 0`).
@@ -49,6 +50,13 @@ from jaxcnn.registry import register_model
 def _batch_norm(train, bn_axis_name, dtype, param_dtype, name):
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=dcgan_scale_init,
                       axis_name=bn_axis_name, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def upsample_nearest(x):
+  """x2 nearest-neighbour upsampling by broadcast + reshape: its gradient is a sum, not a scatter."""
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape((b, 2 * h, 2 * w, c))
 
 
 def _tile(vector, size):
@@ -88,8 +96,7 @@ class _Layers(nn.Module):
 
   def up_block(self, h, features, train, name):
     """Nearest-neighbour x2, 3x3 conv, BN, ReLU."""
-    b, hh, ww, c = h.shape
-    h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
+    h = upsample_nearest(h)
     return nn.relu(self.norm(train, f"{name}_bn")(self.conv(features, 3, name=name)(h)))
 
 
@@ -128,28 +135,31 @@ class Stage2Generator(_Layers):
   gf_dim: int = 128
   c_dim: int = 128
   r_num: int = 4
+  encoder_downs: int = 2
   lowres_size: int = 64
   image_size: int = 256
   channels: int = 3
 
   @nn.compact
   def __call__(self, lowres, embedding, ca_rng=None, train: bool = False):
-    inner = self.lowres_size // 4
-    ups = (self.image_size // inner).bit_length() - 1
-    if self.lowres_size % 4 or inner * 2 ** ups != self.image_size or self.image_size <= self.lowres_size:
-      raise UserError(f"stackgan_stage2: image_size ({self.image_size}) must be lowres_size ({self.lowres_size}) "
-                      f"times a power of 2 >= 2, and lowres_size divisible by 4")
-    ngf = self.gf_dim
-    h = nn.relu(self.conv(ngf, 3, name="enc0")(lowres.astype(self.dtype)))
-    h = nn.relu(self.norm(train, "enc1_bn")(self.conv(2 * ngf, 4, 2, name="enc1")(h)))
-    h = nn.relu(self.norm(train, "enc2_bn")(self.conv(4 * ngf, 4, 2, name="enc2")(h)))
+    downs = self.encoder_downs
+    inner = self.lowres_size // 2 ** downs
+    ups = (self.image_size // max(inner, 1)).bit_length() - 1
+    if downs < 1 or inner * 2 ** downs != self.lowres_size or inner * 2 ** ups != self.image_size \
+        or self.image_size <= self.lowres_size:
+      raise UserError(f"stackgan_stage2: lowres_size ({self.lowres_size}) must be divisible by 2^encoder_downs "
+                      f"({2 ** downs}) and image_size ({self.image_size}) must be lowres_size times a power of 2 >= 2")
+    width = self.gf_dim
+    h = nn.relu(self.conv(width, 3, name="enc0")(lowres.astype(self.dtype)))
+    for i in range(1, downs + 1):
+      width *= 2
+      h = nn.relu(self.norm(train, f"enc{i}_bn")(self.conv(width, 4, 2, name=f"enc{i}")(h)))
     c, mu, logvar = CondAugment(self.c_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="ca")(embedding, ca_rng)
     h = jnp.concatenate([h, _tile(c.astype(self.dtype), inner)], axis=-1)
-    h = nn.relu(self.norm(train, "joint_bn")(self.conv(4 * ngf, 3, name="joint")(h)))
+    h = nn.relu(self.norm(train, "joint_bn")(self.conv(width, 3, name="joint")(h)))
     layers = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
     for i in range(self.r_num):
       h = ResBlock(name=f"res{i}", **layers)(h, train)
-    width = 4 * ngf
     for i in range(ups):
       width = max(width // 2, 1)
       h = self.up_block(h, width, train, f"up{i}")
@@ -233,6 +243,7 @@ class StackGANStage2(_StackGANPair):
   df_dim: int = 64
   ef_dim: int = 128
   r_num: int = 4
+  encoder_downs: int = 2
   lowres_size: int = 64
   image_size: int = 256
   channels: int = 3
@@ -243,7 +254,7 @@ class StackGANStage2(_StackGANPair):
   def setup(self):
     kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
     self.generator = Stage2Generator(gf_dim=self.gf_dim, c_dim=self.c_dim, r_num=self.r_num,
-                                     lowres_size=self.lowres_size, image_size=self.image_size,
+                                     encoder_downs=self.encoder_downs, lowres_size=self.lowres_size, image_size=self.image_size,
                                      channels=self.channels, **kw)
     self.discriminator = StackGANDiscriminator(df_dim=self.df_dim, ef_dim=self.ef_dim, image_size=self.image_size,
                                                uncond=True, **kw)

@@ -1,0 +1,127 @@
+"""CUB-200-2011 birds with the char-CNN-RNN text embeddings of Reed et al. 2016, laid out as StackGAN uses them.
+
+Expected files under one root folder (the StackGAN `data/birds` layout):
+
+    CUB_200_2011/images/<class>/<name>.jpg     the CUB-200-2011 images
+    CUB_200_2011/images.txt                    "<id> <class>/<name>.jpg" per image
+    CUB_200_2011/bounding_boxes.txt            "<id> <x> <y> <width> <height>" per image
+    train/filenames.pickle                     ["<class>/<name>", ...] (8,855 images)
+    train/char-CNN-RNN-embeddings.pickle       [8,855, 10, 1024]: 10 caption embeddings per image
+    test/filenames.pickle                      (2,933 images)
+    test/char-CNN-RNN-embeddings.pickle
+
+Sources: the images from Caltech (https://www.vision.caltech.edu/datasets/cub_200_2011/,
+CUB_200_2011.tgz); the embeddings are the preprocessed "char-CNN-RNN text
+embeddings for birds" linked from the StackGAN READMEs (hanzhang/StackGAN,
+hanzhanggit/StackGAN-Pytorch: birds.zip holds train/ and test/ above), computed
+with the text encoder of Reed et al., "Learning Deep Representations of
+Fine-Grained Visual Descriptions" (CVPR 2016, github.com/reedscot/cvpr2016).
+The pickles were written by Python 2 and are read with latin-1 decoding.
+
+An example is {'image': uint8 [H, W, 3], 'label': class 0..199, 'embedding':
+float32 [10, 1024]}. As in StackGAN, each image is cropped to a square of side
+1.5 x the longer side of its bounding box, centred on the box (clipped at the
+image border); the pipeline then resizes it. The StackGAN task draws one of
+the 10 caption embeddings per image and step.
+"""
+import os
+import pickle
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from jaxcnn.errors import UserError
+
+EMBEDDING_DIM = 1024
+CAPTIONS_PER_IMAGE = 10
+NUM_CLASSES = 200
+EMBEDDING_FILE = "char-CNN-RNN-embeddings.pickle"
+
+
+def expected_files(root: str, split: str) -> List[str]:
+  return [os.path.join(root, "CUB_200_2011", "images.txt"),
+          os.path.join(root, "CUB_200_2011", "bounding_boxes.txt"),
+          os.path.join(root, split, "filenames.pickle"),
+          os.path.join(root, split, EMBEDDING_FILE)]
+
+
+def check_layout(root: str, split: str) -> None:
+  """UserError naming every missing file (and where the files come from)."""
+  missing = [p for p in expected_files(root, split) if not os.path.exists(p)]
+  if missing:
+    raise UserError(f"CUB/StackGAN data incomplete under '{root}': missing {', '.join(missing)} "
+                    f"(see jaxcnn/data/embeddings.py for the expected layout and where to get it)")
+
+
+def _load_pickle(path):
+  with open(path, "rb") as f:
+    return pickle.load(f, encoding="latin1")
+
+
+def load_bounding_boxes(root: str) -> Dict[str, Tuple[float, float, float, float]]:
+  """'<class>/<name>' -> (x, y, width, height) from CUB's images.txt and bounding_boxes.txt."""
+  names = {}
+  with open(os.path.join(root, "CUB_200_2011", "images.txt")) as f:
+    for line in f:
+      if line.strip():
+        image_id, path = line.split()
+        names[image_id] = os.path.splitext(path)[0]
+  boxes = {}
+  with open(os.path.join(root, "CUB_200_2011", "bounding_boxes.txt")) as f:
+    for line in f:
+      if line.strip():
+        image_id, *box = line.split()
+        boxes[names[image_id]] = tuple(float(v) for v in box)
+  return boxes
+
+
+def crop_box(width: int, height: int, box) -> Tuple[int, int, int, int]:
+  """StackGAN's crop: a square of half-side 0.75 x max(w, h) centred on the box, clipped to the image."""
+  x, y, w, h = box
+  r = int(max(w, h) * 0.75)
+  cx, cy = int((2 * x + w) / 2), int((2 * y + h) / 2)
+  return max(0, cx - r), max(0, cy - r), min(width, cx + r), min(height, cy + r)
+
+
+def class_of(key: str) -> int:
+  """'017.Cardinal/Cardinal_0001_17057' -> 16 (CUB class folders are numbered from 001)."""
+  return int(key.split("/")[0].split(".")[0]) - 1
+
+
+class CubEmbeddingSource:
+  """Random access to one split: {'image': uint8 [H, W, 3], 'label': int, 'embedding': float32 [10, 1024]}."""
+
+  def __init__(self, root: str, split: str, crop: bool = True):
+    if split not in ("train", "test"):
+      raise UserError(f"CUB/StackGAN split must be 'train' or 'test', got '{split}'")
+    check_layout(root, split)
+    self.root, self.split, self.crop = root, split, crop
+    self.keys = [str(k) for k in _load_pickle(os.path.join(root, split, "filenames.pickle"))]
+    embeddings = np.asarray(_load_pickle(os.path.join(root, split, EMBEDDING_FILE)), np.float32)
+    if embeddings.ndim == 2:  # one embedding per image
+      embeddings = embeddings[:, None, :]
+    if embeddings.ndim != 3 or len(embeddings) != len(self.keys):
+      raise UserError(f"{os.path.join(root, split, EMBEDDING_FILE)} holds an array of shape {embeddings.shape}; "
+                      f"expected [{len(self.keys)}, captions, dim] to match filenames.pickle")
+    self.embeddings = embeddings
+    self.labels = np.asarray([class_of(k) for k in self.keys], np.int64)
+    self.boxes = load_bounding_boxes(root) if crop else {}
+
+  def __len__(self) -> int:
+    return len(self.keys)
+
+  def image(self, index: int) -> np.ndarray:
+    from PIL import Image
+    key = self.keys[index]
+    with Image.open(os.path.join(self.root, "CUB_200_2011", "images", key + ".jpg")) as im:
+      im = im.convert("RGB")
+      if self.crop and key in self.boxes:
+        im = im.crop(crop_box(im.width, im.height, self.boxes[key]))
+      return np.asarray(im, np.uint8)
+
+  def __getitem__(self, index) -> dict:
+    index = int(index)
+    return {"image": self.image(index), "label": int(self.labels[index]), "embedding": self.embeddings[index]}
+
+  def __repr__(self) -> str:
+    return f"CubEmbeddingSource({self.root!r}, {self.split!r}, {len(self)} images)"
