@@ -11,17 +11,23 @@ applied to document recognition", section II-B:
   output: 10 Euclidean RBF units with fixed +-1 codes                0 trainable
 for exactly 60,000 trainable parameters. Every layer up to F6 is followed by
 the squashing function f(a) = 1.7159 tanh(2a/3), weights start uniform in
-+-2.4 / fan-in (the paper's appendix), biases at zero. The paper expects inputs
-scaled so the background is -0.1 and ink 1.175 (mean ~0, variance ~1); any
-standardisation to that range works.
++-2.4 / fan-in (the paper's appendix), biases at zero. The paper scales inputs
+to mean ~0 and variance ~1 (background -0.1, ink 1.175 on MNIST); with its
+small initial weights this matters (see the numbers below).
 
 Deviation: the paper draws the RBF codes by hand as 7x12 bitmaps of the
 characters. Here the codes are rows of the Walsh-Hadamard matrix (entries
 (-1)^popcount(class & unit)) cut to 84 units: +-1 as in the paper,
 deterministic, at least 20 of 84 units apart for up to 128 classes. The logit
-of a class is minus the squared distance of F6 to its code, so softmax
-cross-entropy on the logits is the paper's MAP criterion (its eq. 9) without
-the constant "rubbish class" term.
+of a class is minus the squared distance of F6 to its code.
+
+Loss: softmax cross-entropy on these logits ignores what all classes share,
+-|F6|^2 - 84, so it sees only 2 F6 . code: a fixed linear head of large gain
+that never pulls F6 onto the codes. The paper trains with its MAP criterion
+(eq. 9), `rbf_map_loss` below, whose constant "rubbish class" e^-j keeps that
+pull. On sklearn digits upsampled to 32x32 and standardised (300 Adam steps of
+128, lr 1e-3, 3 seeds) eq. 9 reached 97.5-98.1% test accuracy, cross-entropy
+92.8-95.6%.
 
 `lenet5_modern` is the version of today's tutorials: ReLU, 2x2 max-pooling,
 C3 fully connected, C5 and F6 as Dense layers after flattening (so 28x28 MNIST
@@ -79,6 +85,20 @@ def rbf_codes(num_classes: int, units: int = RBF_UNITS) -> np.ndarray:
   parity = np.vectorize(lambda n: bin(n).count("1") & 1)
   classes, units_ = np.arange(num_classes)[:, None], np.arange(units)[None, :]
   return (1 - 2 * parity(classes & units_)).astype(np.float32)
+
+
+def rbf_map_loss(logits, labels, j: float = 1.0):
+  """The paper's MAP criterion (eq. 9) per example, for the RBF head's logits.
+
+  E = y_c + log(e^-j + sum_i e^-y_i) with y_i = -logits_i the squared distance
+  of F6 to code i and c the label; j > 0 is the paper's constant (1.0 is this
+  code's choice, used for the numbers above). For j -> inf it is softmax
+  cross-entropy; a finite j keeps lowering y_c once the example is right.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  correct = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  rubbish = jnp.full(logits.shape[:-1] + (1,), -j, logits.dtype)
+  return jax.nn.logsumexp(jnp.concatenate([rubbish, logits], axis=-1), axis=-1) - correct
 
 
 class SparseConv(nn.Module):

@@ -5,11 +5,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
-from jaxcnn.models.lenet import C3_TABLE, SparseConv, Subsample, rbf_codes, squash
+from jaxcnn.models.lenet import C3_TABLE, SparseConv, Subsample, rbf_codes, rbf_map_loss, squash
 from jaxcnn.utils import abstract_variables, param_count
 from fast_init import random_variables
 
@@ -167,3 +168,16 @@ def test_modern_lenet_takes_28_and_32(size, count):
   assert output_struct(bf16, variables, images(size=size)).dtype == jnp.bfloat16
   logits = jax.jit(model.apply)(random_variables(model, (1, size, size, 1)), images(size=size))
   assert np.all(np.isfinite(logits)) and np.std(logits) > 0
+
+
+def test_rbf_map_loss_is_the_papers_eq_9():
+  distances = np.array([[3.0, 40.0, 50.0], [30.0, 2.0, 70.0]], np.float32)
+  labels = np.array([0, 2])
+  loss = rbf_map_loss(-distances, labels, j=1.0)
+  expected = [d[c] + np.log(np.exp(-1.0) + np.exp(-d).sum()) for d, c in zip(distances, labels)]
+  chex.assert_trees_all_close(loss, np.array(expected, np.float32), rtol=1e-5)
+  # Large j: softmax cross-entropy, which a shift shared by all logits leaves unchanged ...
+  chex.assert_trees_all_close(rbf_map_loss(-distances, labels, j=1e4),
+                              optax.softmax_cross_entropy_with_integer_labels(-distances, labels), rtol=1e-5)
+  # ... while eq. 9 still pulls the features onto the right code.
+  assert np.all(rbf_map_loss(-distances - 1.0, labels) > loss)
