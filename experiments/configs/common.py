@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
   c.train.grad_accum_steps = 1
   c.train.ema_decay = 0.0           # > 0: evaluate an EMA of the parameters
+  c.train.loss = "cross_entropy"    # cross_entropy | rbf_map (LeNet-5's eq. 9, for its RBF head)
   c.train.label_smoothing = 0.0
   c.train.mixup_alpha = 0.0         # > 0: Mixup with Beta(alpha, alpha) (classification)
   c.train.cutmix_alpha = 0.0        # > 0: CutMix

@@ -3,8 +3,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcnn.errors import UserError, unknown
+from jaxcnn.models.lenet import rbf_map_loss
 from jaxcnn.registry import create_model
 from jaxcnn.tasks.base import Task, model_kwargs
+
+
+LOSSES = ("cross_entropy", "rbf_map")
 
 
 class Classification(Task):
@@ -13,6 +18,12 @@ class Classification(Task):
   def __init__(self, config, data_info, axis_name=None):
     super().__init__(config, axis_name)
     self.num_classes = data_info.num_classes
+    self.loss_name = config.train.get("loss", "cross_entropy")
+    if self.loss_name not in LOSSES:
+      raise unknown("train.loss", self.loss_name, LOSSES)
+    mixing = config.train.get("mixup_alpha", 0) > 0 or config.train.get("cutmix_alpha", 0) > 0
+    if self.loss_name == "rbf_map" and (mixing or config.train.label_smoothing > 0):
+      raise UserError("train.loss='rbf_map' takes hard labels: set train.label_smoothing, mixup_alpha and cutmix_alpha to 0")
     self.model = create_model(config.model.name,
                               **model_kwargs(config.model, config.train, axis_name,
                                              num_classes=self.num_classes))
@@ -31,7 +42,10 @@ class Classification(Task):
         {"params": params, **model_state}, images, train=True,
         rngs={"dropout": dropout_rng, "drop_path": drop_path_rng}, mutable=list(model_state))
     logits = logits.astype(jnp.float32)  # the loss is always computed in float32
-    loss = optax.softmax_cross_entropy(logits, labels).mean()
+    if self.loss_name == "rbf_map":  # LeNet-5's own criterion (its eq. 9) for the RBF head's logits
+      loss = rbf_map_loss(logits, batch["label"]).mean()
+    else:
+      loss = optax.softmax_cross_entropy(logits, labels).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, (new_state, {"train/loss": loss, "train/accuracy": accuracy})
 

@@ -42,3 +42,18 @@ def test_cutmix_label_ratio_is_the_kept_area():
     np.testing.assert_allclose(pasted + kept, 1.0)
     np.testing.assert_allclose(out_labels[2, 2], kept, atol=1e-6)
     np.testing.assert_allclose(out_labels[2, 1], pasted, atol=1e-6)
+
+
+def test_loss_option_is_checked():
+  import pytest
+  from experiments.configs.common import base_config
+  from jaxcnn.data import dataset_info
+  from jaxcnn.errors import UserError
+  from jaxcnn.tasks.classification import Classification
+  c = base_config()
+  c.model.name, c.train.loss = "lenet5", "hinge"
+  with pytest.raises(UserError, match="train.loss"):
+    Classification(c, dataset_info("digits"))
+  c.train.loss, c.train.label_smoothing = "rbf_map", 0.1
+  with pytest.raises(UserError, match="hard labels"):
+    Classification(c, dataset_info("digits"))
