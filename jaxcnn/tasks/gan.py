@@ -16,6 +16,10 @@ averaging) and `Task.apply_gradients(key=...)`. BatchNorm statistics follow the
 same rule: a sub-step keeps only its own network's new statistics (G's forward
 pass in the D step and D's in the G step leave theirs untouched).
 
+With `train.ema_decay` > 0 the EMA (of both networks; eval and samples use
+it) is updated by `apply_gradients` after each sub-step, i.e. twice per step:
+the effective per-step decay is ema_decay^2.
+
 Losses (`gan.loss`), with D's logit l = D(x):
   non_saturating  D: softplus(-l_real) + softplus(l_fake)   G: softplus(-l_fake)   (Goodfellow et al., the default)
   minimax         D: as above                                G: -softplus(l_fake)   (the saturating original)
@@ -54,7 +58,7 @@ StackGAN (Zhang et al. 2017) adds, per stage:
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
@@ -163,10 +167,6 @@ class GAN(Task):
       d_tx = optax.chain(d_tx, optax.scale(float(self.gan.d_lr_mult)))
     return {"generator": make_tx(self.config.optim), "discriminator": d_tx}
 
-  def parameter_count(self, params) -> int:
-    from jaxcnn.utils import param_count
-    return param_count(params)
-
   def init(self, rng, batch):
     n = batch["image"].shape[0]
     labels = batch["label"] if self.conditional else None
@@ -256,10 +256,22 @@ class GAN(Task):
     metrics["train/g_grad_norm"] = metrics.pop("train/grad_norm")
     return state, metrics
 
+  def batch_latents(self, rng, n):
+    """z for a batch of n. On the pmap path each device takes its slice of the global batch's z, so the run
+    sees the same latents as under jit; its other per-example noise is drawn per device from a key folded with
+    the device index."""
+    if not self.axis_name:
+      return self.latents(rng, n)
+    devices, index = jax.lax.axis_size(self.axis_name), jax.lax.axis_index(self.axis_name)
+    return jax.lax.dynamic_slice_in_dim(self.latents(rng, n * devices), index * n, n)
+
   def train_step(self, state, batch, tx):
     rng = jax.random.fold_in(state.rng, state.step)
     z_rng, prep_rng, d_rng, g_rng = jax.random.split(rng, 4)
-    batch = self.prepare(dict(batch, z=self.latents(z_rng, batch["image"].shape[0])), prep_rng, True)
+    if self.axis_name:
+      index = jax.lax.axis_index(self.axis_name)
+      prep_rng, d_rng, g_rng = (jax.random.fold_in(k, index) for k in (prep_rng, d_rng, g_rng))
+    batch = self.prepare(dict(batch, z=self.batch_latents(z_rng, batch["image"].shape[0])), prep_rng, True)
     state, d_metrics = self.discriminator_step(state, batch, tx, d_rng)
     state, g_metrics = self.generator_step(state, batch, tx, g_rng)
     metrics = {**d_metrics, **g_metrics}
@@ -352,9 +364,6 @@ class GAN(Task):
                                     self.grid_conditions(g * g), jax.random.fold_in(rng, 1)))
     if jax.process_index() == 0:
       grids.save_grid(path, images, g, (-1.0, 1.0))
-
-  def describe(self):
-    return {"task": type(self).__name__, "model": self.config.model.name}
 
 
 def _keep_own_stats(old_state, new_state, net):
@@ -517,12 +526,9 @@ class StackGAN(GAN):
     (logits, _), _ = self.discriminate(variables["params"], state, batch["image"], batch, False)
     return {"d_real": jnp.sum(jax.nn.sigmoid(logits) * batch["mask"]), "count": jnp.sum(batch["mask"])}
 
-  def describe(self):
-    return {"task": type(self).__name__, "model": self.config.model.name}
-
   def write_grid(self, variables, path, rng):
     super().write_grid(variables, path, rng)
-    if self.stage == 2 and jax.process_index() == 0:
+    if self.stage == 2:
       self._write_stage1_grid(variables, path.replace("samples_", "samples_stage1_"), rng)
 
   def _write_stage1_grid(self, variables, path, rng):
@@ -534,7 +540,9 @@ class StackGAN(GAN):
     k1, _ = self._ca_keys(jax.random.fold_in(rng, 1))
     low = self.stage1.model.apply(variables["stage1"], batch["z"], batch["embedding"], k1, train=False,
                                   method="generate")[0]
-    grids.save_grid(path, np.asarray(low), g, (-1.0, 1.0))
+    low = np.asarray(low)
+    if jax.process_index() == 0:
+      grids.save_grid(path, low, g, (-1.0, 1.0))
 
 
 class Stage1:

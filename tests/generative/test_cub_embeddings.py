@@ -1,5 +1,4 @@
 """The CUB/StackGAN source on a miniature copy of the expected file layout."""
-import os
 import pickle
 
 import numpy as np

@@ -1,7 +1,6 @@
 """The FID feature extractor (trained here, cached on disk) and the PNG sample grids."""
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image

@@ -83,3 +83,16 @@ def test_resume_after_losing_the_last_checkpoint_is_exact(reference, tmp_path):
   assert logged == [10, 12]  # resumed from step 8
   chex.assert_trees_all_equal(checkpoint_state(ref), checkpoint_state(workdir))
   assert summary["eval/d_real"] == ref_summary["eval/d_real"]
+
+
+def test_pmap_path_matches_jit(reference, tmp_path):
+  """Legacy pmap: each device takes its slice of the global z, BN statistics are averaged over devices."""
+  ref, _ = reference
+  config = gan_config()
+  config.train.parallel = "pmap"
+  config.checkpoint.every = 12
+  train_and_evaluate(config, str(tmp_path))
+  losses = lambda w: [r["train/loss"] for r in read_metrics(os.path.join(w, "metrics.jsonl")) if "train/loss" in r]
+  np.testing.assert_allclose(losses(str(tmp_path)), losses(ref), rtol=1e-4)
+  chex.assert_trees_all_close(checkpoint_state(str(tmp_path))["params"], checkpoint_state(ref)["params"],
+                              rtol=1e-3, atol=1e-5)

@@ -1,7 +1,6 @@
 """The VAE's KL term against its closed form and a Monte Carlo estimate; the ELBO's likelihoods."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
