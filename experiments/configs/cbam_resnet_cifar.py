@@ -7,23 +7,10 @@ CIFAR ResNet-56 (option A shortcuts) with attn='cbam'; He et al.'s recipe: SGD m
 (ResNet-56 reaches 93.0% in He et al. 2015; CBAM reports gains of ~0.5-1 point on CIFAR ResNets). Not measured here:
 this machine has no GPU and no CIFAR-10 download.
 """
-from experiments.configs.common import base_config
+from experiments.configs import se_resnet_cifar
 
 
 def get_config():
-  c = base_config()
-  c.model.name = "resnet56"
+  c = se_resnet_cifar.get_config()  # the same recipe; only the attention block differs
   c.model.attn = "cbam"
-  c.data.name = "cifar10"
-  c.data.augment = "crop,flip"
-  c.data.download = True
-  c.train.steps = 64_000
-  c.train.batch_size = 128
-  c.train.log_every = 100
-  c.optim.name = "sgd"
-  c.optim.lr = 0.1
-  c.optim.schedule = "step"
-  c.optim.weight_decay = 1e-4
-  c.eval.every = 4000
-  c.checkpoint.every = 4000
   return c

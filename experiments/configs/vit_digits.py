@@ -2,7 +2,8 @@
 
     python -m experiments.run --exp=vit_digits
 
-Expected: eval/accuracy ~0.95 on the 360 held-out digits after 600 steps (about a minute on 2 CPU cores).
+Expected: eval/accuracy 0.972 on the 360 held-out digits after 600 steps (measured: 243 s on 2 CPU cores shared
+with other jobs; about a minute idle).
 """
 from experiments.configs.common import base_config
 
