@@ -1,0 +1,98 @@
+"""JAX (jaxcnn.bench, the trainer's real train step) against PyTorch on the same machine, in one run.
+
+    python benchmarks/compare.py [--models=resnet18_cifar,resnet50,mobilenet_v2,vit_tiny_patch4_32]
+        [--rounds=3] [--steps=5] [--warmup=1] [--no-baseline]
+
+For each model it alternates, round by round, separate processes of
+  jax       python -m jaxcnn.bench ...                  (CPU convolutions on, the default)
+  baseline  JAXCNN_CPU_CONV=0 python -m jaxcnn.bench ... (plain XLA convolutions)
+  torch     python benchmarks/torch_reference.py ...    (same architecture, channels_last, 2 threads)
+so all three see the same machine load, and prints the medians and the ratios
+(JAX images/s / PyTorch images/s; >= 1.0 means JAX is at least as fast).
+Shapes: resnet18_cifar and vit_tiny_patch4_32 batch 128 at 32x32 with 10
+classes, resnet50 and mobilenet_v2 batch 16 at 224x224 with 1000 classes.
+The last line is one JSON object with everything.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+MODELS = {
+    "resnet18_cifar": dict(batch=128, image_size=32, num_classes=10),
+    "resnet50": dict(batch=16, image_size=224, num_classes=1000),
+    "mobilenet_v2": dict(batch=16, image_size=224, num_classes=1000),
+    "vit_tiny_patch4_32": dict(batch=128, image_size=32, num_classes=10),
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _command(kind, model, shape, steps, warmup):
+  flags = [f"--model={model}", f"--batch={shape['batch']}", f"--image-size={shape['image_size']}",
+           f"--num-classes={shape['num_classes']}", f"--steps={steps}", f"--warmup={warmup}"]
+  if kind == "torch":
+    return [sys.executable, os.path.join(ROOT, "benchmarks", "torch_reference.py")] + flags
+  return [sys.executable, "-m", "jaxcnn.bench"] + flags
+
+
+def run_one(kind, model, shape, steps, warmup) -> dict:
+  env = dict(os.environ)
+  env["JAXCNN_CPU_CONV"] = "0" if kind == "baseline" else "1"
+  out = subprocess.run(_command(kind, model, shape, steps, warmup), cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+  if out.returncode != 0:
+    raise RuntimeError(f"{kind} {model} failed:\n{out.stderr[-2000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(model, rounds, steps, warmup, kinds):
+  shape = MODELS[model]
+  runs = {kind: [] for kind in kinds}
+  for r in range(rounds):
+    for kind in kinds:
+      result = run_one(kind, model, shape, steps, warmup)
+      runs[kind].append(result["images_per_s"])
+      print(f"  {model} round {r + 1}/{rounds} {kind:8s} {result['images_per_s']:9.2f} images/s "
+            f"(step median {result['step_ms_median']:.0f} ms)", file=sys.stderr, flush=True)
+  med = {kind: statistics.median(v) for kind, v in runs.items()}
+  row = {"model": model, **shape, "rounds": rounds, "steps": steps,
+         **{f"{kind}_images_per_s": round(med[kind], 2) for kind in kinds},
+         "runs": runs}
+  # Ratio of medians, and the median of per-round ratios (robust to load drifting between rounds).
+  for kind in [k for k in kinds if k != "torch"]:
+    row[f"ratio_{kind}_vs_torch"] = round(med[kind] / med["torch"], 3)
+    row[f"ratio_{kind}_vs_torch_per_round"] = round(statistics.median(
+        a / b for a, b in zip(runs[kind], runs["torch"])), 3)
+  return row
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--models", default=",".join(MODELS))
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--no-baseline", action="store_true", help="skip the JAXCNN_CPU_CONV=0 runs")
+  args = p.parse_args(argv)
+  models = [m for m in args.models.split(",") if m]
+  unknown = [m for m in models if m not in MODELS]
+  if unknown:
+    print(f"error: unknown models {unknown}; known: {sorted(MODELS)}", file=sys.stderr)
+    return 2
+  kinds = ["jax", "torch"] if args.no_baseline else ["jax", "baseline", "torch"]
+  rows = [compare(m, args.rounds, args.steps, args.warmup, kinds) for m in models]
+  print(f"{'model':20s} {'batch':>5s} {'size':>4s} {'jax img/s':>10s} {'baseline':>9s} {'torch':>9s} "
+        f"{'jax/torch':>9s} {'base/torch':>10s}")
+  for row in rows:
+    base = row.get("baseline_images_per_s", float("nan"))
+    print(f"{row['model']:20s} {row['batch']:5d} {row['image_size']:4d} {row['jax_images_per_s']:10.2f} "
+          f"{base:9.2f} {row['torch_images_per_s']:9.2f} {row['ratio_jax_vs_torch']:9.3f} "
+          f"{row.get('ratio_baseline_vs_torch', float('nan')):10.3f}")
+  print(json.dumps({"rows": rows}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

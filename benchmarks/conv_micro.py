@@ -1,0 +1,224 @@
+"""Single convolution layers on CPU: forward, input gradient, weight gradient, side by side.
+
+    python benchmarks/conv_micro.py [--rounds=5] [--layers=r18_3x3,mbv2_dw_s2,...] [--no-torch]
+
+For each layer of the target models (ResNet-18 CIFAR, ResNet-50, MobileNetV2,
+ViT patch embedding, a DCGAN transposed convolution) it times three
+implementations: `xla` (plain `lax.conv_general_dilated` / `lax.conv_transpose`),
+`jaxcnn` (`jaxcnn.layers.conv`, the CPU formulations) and `torch`
+(`torch.nn.functional.conv2d` / `conv_transpose2d` on channels_last tensors,
+backward through `aten.convolution_backward`, 2 threads). JAX and PyTorch run in
+two worker processes that take turns, one timed call at a time, so both see the
+same load; each number is a median over `--rounds` turns. Prints one JSON line
+per layer and a table (ms; `vs torch` = torch ms / jaxcnn ms, >1: jaxcnn faster).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# name: (batch, size, in channels, out channels, kernel, stride, groups, transposed)
+LAYERS = {
+    "r18c_3x3_64": (128, 32, 64, 64, 3, 1, 1, False),
+    "r18c_3x3_s2": (128, 32, 64, 128, 3, 2, 1, False),
+    "r18c_1x1_s2": (128, 32, 64, 128, 1, 2, 1, False),
+    "r18c_3x3_512": (128, 4, 512, 512, 3, 1, 1, False),
+    "r50_stem_7x7": (16, 224, 3, 64, 7, 2, 1, False),
+    "r50_1x1_64_256": (16, 56, 64, 256, 1, 1, 1, False),
+    "r50_3x3_64": (16, 56, 64, 64, 3, 1, 1, False),
+    "r50_3x3_256_s2": (16, 28, 256, 256, 3, 2, 1, False),
+    "mbv2_dw_s2": (16, 112, 96, 96, 3, 2, 96, False),
+    "mbv2_dw_144": (16, 56, 144, 144, 3, 1, 144, False),
+    "mbv2_1x1_24_144": (16, 56, 24, 144, 1, 1, 1, False),
+    "vit_patch4": (128, 32, 3, 192, 4, 4, 1, False),
+    "resnext_3x3_g32": (16, 56, 128, 128, 3, 1, 32, False),
+    "dcgan_convT_4x4_s2": (64, 8, 256, 128, 4, 2, 1, True),
+}
+OPS = ("fwd", "dx", "dw")
+
+
+def _padding(kernel, stride):
+  """PyTorch padding giving the same output as the JAX side (SAME-like, patchify: none)."""
+  return 0 if kernel == stride else (kernel - 1) // 2
+
+
+class JaxWorker:
+  """Compiled fwd / dx / dw functions of each layer for 'xla' and 'jaxcnn'."""
+
+  def __init__(self):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from jaxcnn.layers import conv, cpu_conv
+    self.jax, self.jnp, self.lax, self.conv, self.cpu_conv = jax, jnp, lax, conv, cpu_conv
+    self.cache = {}
+
+  def _conv_fns(self, spec):
+    n, size, cin, cout, k, s, groups, transposed = spec
+    jnp, lax, conv, cpu_conv = self.jnp, self.lax, self.conv, self.cpu_conv
+    if transposed:
+      pads = cpu_conv.transpose_pads((k, k), (s, s), "SAME", (1, 1))
+      xla = lambda x, w: lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=cpu_conv.NHWC)
+      ours = lambda x, w: cpu_conv.conv_transpose_nhwc(x, w, (s, s), pads)
+      w_shape = (k, k, cin, cout)
+    else:
+      p = _padding(k, s)
+      pad = ((p, p), (p, p))
+      kw = dict(dimension_numbers=cpu_conv.NHWC, feature_group_count=groups)
+      xla = lambda x, w: lax.conv_general_dilated(x, w, (s, s), pad, **kw)
+      ours = lambda x, w: conv.conv_general_dilated(x, w, (s, s), pad, **kw)
+      w_shape = (k, k, cin // groups, cout)
+    key = self.jax.random.PRNGKey(0)
+    x = self.jax.random.normal(key, (n, size, size, cin), jnp.float32)
+    w = self.jax.random.normal(key, w_shape, jnp.float32) * 0.05
+    return {"xla": xla, "jaxcnn": ours}, x, w
+
+  def prepare(self, name):
+    jax = self.jax
+    fns, x, w = self._conv_fns(LAYERS[name])
+    dy = jax.random.normal(jax.random.PRNGKey(1), jax.eval_shape(fns["xla"], x, w).shape)
+    for impl, f in fns.items():
+      calls = {
+          "fwd": (jax.jit(f), (x, w)),
+          "dx": (jax.jit(lambda x, w, dy, f=f: jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]), (x, w, dy)),
+          "dw": (jax.jit(lambda x, w, dy, f=f: jax.vjp(lambda w_: f(x, w_), w)[1](dy)[0]), (x, w, dy)),
+      }
+      for op, (fn, args) in calls.items():
+        jax.block_until_ready(fn(*args))  # compile + warm up
+        self.cache[(name, impl, op)] = (fn, args)
+
+  def time(self, name, impl, op):
+    fn, args = self.cache[(name, impl, op)]
+    t = time.perf_counter()
+    self.jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t
+
+
+class TorchWorker:
+  """The same layers in PyTorch, channels_last, 2 threads."""
+
+  def __init__(self):
+    import torch
+    torch.set_num_threads(2)
+    self.torch, self.cache = torch, {}
+
+  def prepare(self, name):
+    torch = self.torch
+    n, size, cin, cout, k, s, groups, transposed = LAYERS[name]
+    cl = torch.channels_last
+    x = torch.randn(n, cin, size, size).contiguous(memory_format=cl)
+    if transposed:
+      w = (torch.randn(cin, cout, k, k) * 0.05).contiguous(memory_format=cl)
+      pad = (k - s) // 2  # 'SAME' for k=4, s=2
+      fwd = lambda: torch.nn.functional.conv_transpose2d(x, w, stride=s, padding=pad)
+    else:
+      w = (torch.randn(cout, cin // groups, k, k) * 0.05).contiguous(memory_format=cl)
+      pad = _padding(k, s)
+      fwd = lambda: torch.nn.functional.conv2d(x, w, stride=s, padding=pad, groups=groups)
+    with torch.no_grad():
+      dy = torch.randn_like(fwd()).contiguous(memory_format=cl)
+
+    def backward(mask):
+      return torch.ops.aten.convolution_backward(dy, x, w, None, [s, s], [pad, pad], [1, 1], transposed,
+                                                 [0, 0], groups, mask)
+    ops = {"fwd": fwd, "dx": lambda: backward([True, False, False]),
+           "dw": lambda: backward([False, True, False])}
+    with torch.no_grad():
+      for op, fn in ops.items():
+        fn()
+        self.cache[(name, "torch", op)] = fn
+
+  def time(self, name, impl, op):
+    fn = self.cache[(name, impl, op)]
+    with self.torch.no_grad():
+      t = time.perf_counter()
+      fn()
+      return time.perf_counter() - t
+
+
+def worker_main(kind):
+  worker = JaxWorker() if kind == "jax" else TorchWorker()
+  for line in sys.stdin:
+    request = json.loads(line)
+    if request["cmd"] == "prepare":
+      worker.prepare(request["layer"])
+      reply = {"ok": True}
+    else:
+      reply = {"s": worker.time(request["layer"], request["impl"], request["op"])}
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
+
+
+class Client:
+  def __init__(self, kind):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--worker={kind}"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+  def ask(self, **request):
+    self.proc.stdin.write(json.dumps(request) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"worker died on {request}")
+    return json.loads(line)
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--layers", default=",".join(LAYERS))
+  p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.worker:
+    worker_main(args.worker)
+    return 0
+  names = [n for n in args.layers.split(",") if n]
+  unknown = [n for n in names if n not in LAYERS]
+  if unknown:
+    print(f"error: unknown layers {unknown}; known: {sorted(LAYERS)}", file=sys.stderr)
+    return 2
+  clients = {"jax": Client("jax")}
+  impls = [("jax", "xla"), ("jax", "jaxcnn")]
+  if not args.no_torch:
+    clients["torch"] = Client("torch")
+    impls.append(("torch", "torch"))
+  rows = []
+  try:
+    for name in names:
+      for client in clients.values():
+        client.ask(cmd="prepare", layer=name)
+      times = {(impl, op): [] for _, impl in impls for op in OPS}
+      for _ in range(args.rounds):
+        for op in OPS:
+          for kind, impl in impls:
+            times[(impl, op)].append(clients[kind].ask(cmd="time", layer=name, impl=impl, op=op)["s"])
+      med = {f"{impl}_{op}_ms": round(statistics.median(v) * 1e3, 2) for (impl, op), v in times.items()}
+      row = {"layer": name, "shape": LAYERS[name], **med}
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  finally:
+    for client in clients.values():
+      client.close()
+  print(f"\n{'layer':22s} {'op':4s} {'xla':>9s} {'jaxcnn':>9s} {'torch':>9s} {'xla/jaxcnn':>10s} {'vs torch':>9s}")
+  for row in rows:
+    for op in OPS:
+      xla, ours = row[f"xla_{op}_ms"], row[f"jaxcnn_{op}_ms"]
+      torch_ms = row.get(f"torch_{op}_ms", float("nan"))
+      print(f"{row['layer']:22s} {op:4s} {xla:9.2f} {ours:9.2f} {torch_ms:9.2f} {xla / ours:10.2f} "
+            f"{torch_ms / ours:9.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,89 @@
+"""PyTorch twin of `python -m jaxcnn.bench`: one SGD train step of the same architecture.
+
+    python benchmarks/torch_reference.py --model=resnet18_cifar --batch=128 --image-size=32
+
+Same work as the JAX bench: random NHWC-equivalent images (channels_last), random
+labels, forward in train mode, softmax cross-entropy, backward, SGD (lr 0.01,
+momentum 0.9), float32, `torch.set_num_threads(2)` like XLA:CPU on this machine.
+Prints one JSON line with the median step time and images/s. A benchmark-only
+script: torch is not a dependency of jaxcnn.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torchvision
+
+
+def resnet18_cifar(num_classes):
+  """torchvision ResNet-18 with the CIFAR stem (3x3/1 conv, no max-pool), as jaxcnn's resnet18_cifar."""
+  model = torchvision.models.resnet18(num_classes=num_classes)
+  model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+  model.maxpool = torch.nn.Identity()
+  return model
+
+
+def vit_tiny_patch4_32(num_classes):
+  """torchvision ViT with jaxcnn's vit_tiny_patch4_32 shape: patch 4, width 192, depth 12, 3 heads, MLP 768."""
+  return torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=12, num_heads=3,
+                                              hidden_dim=192, mlp_dim=768, num_classes=num_classes)
+
+
+MODELS = {
+    "resnet18_cifar": resnet18_cifar,
+    "resnet50": lambda n: torchvision.models.resnet50(num_classes=n),
+    "mobilenet_v2": lambda n: torchvision.models.mobilenet_v2(num_classes=n),
+    "vit_tiny_patch4_32": vit_tiny_patch4_32,
+}
+
+
+def bench(args) -> dict:
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(0)
+  model = MODELS[args.model](args.num_classes).to(memory_format=torch.channels_last).train()
+  images = torch.randn(args.batch, args.channels, args.image_size, args.image_size)
+  images = images.contiguous(memory_format=torch.channels_last)
+  labels = torch.randint(0, args.num_classes, (args.batch,))
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  for _ in range(args.warmup):
+    step()
+  times = []
+  for _ in range(args.steps):
+    t = time.perf_counter()
+    loss = step()
+    times.append(time.perf_counter() - t)
+  median = statistics.median(times)
+  return {"model": args.model, "framework": "torch", "batch": args.batch, "image_size": args.image_size,
+          "threads": torch.get_num_threads(), "step_ms_median": round(median * 1e3, 3),
+          "step_ms_min": round(min(times) * 1e3, 3), "images_per_s": round(args.batch / median, 2),
+          "loss": loss.item(), "param_count": sum(p.numel() for p in model.parameters())}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", required=True, choices=sorted(MODELS))
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--image-size", type=int, default=32)
+  p.add_argument("--channels", type=int, default=3)
+  p.add_argument("--num-classes", type=int, default=10)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--threads", type=int, default=2)
+  print(json.dumps(bench(p.parse_args(argv))))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
