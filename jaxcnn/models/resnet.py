@@ -246,7 +246,9 @@ class ResNet(nn.Module):
   width_per_group: int = 64       # 128 makes wide_resnet*_2
   preact: bool = False            # pre-activation blocks and a final BN-ReLU
   stem: str = "imagenet"          # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'cifar': 3x3/1 conv
-  attn: Optional[str] = None      # 'se' | 'eca' | 'cbam' | 'gsop' on every block's residual branch (timm attn_layer)
+  attn: Optional[str] = None      # 'se' | 'eca' | 'cbam' | 'gsop' on the residual branch (timm attn_layer)
+  attn_blocks: str = "all"        # 'all' blocks, or the 'last' block of each stage (GSoP-Net1)
+  last_stage_strides: int = 2     # 1 keeps the last stage at 1/16 resolution (GSoP-Net1: 14x14 at 224)
   zero_init_residual: bool = False
   return_features: bool = False
   num_classes: int = 1000
@@ -258,6 +260,8 @@ class ResNet(nn.Module):
     _check_choice("block", self.block, ("basic", "bottleneck"))
     _check_choice("stem", self.stem, ("imagenet", "cifar"))
     _check_attn(self)
+    _check_choice("attn_blocks", self.attn_blocks, ("all", "last"))
+    _check_choice("last_stage_strides", self.last_stage_strides, (1, 2))
     if not self.stage_sizes or any(int(n) < 1 for n in self.stage_sizes):
       raise UserError(f"stage_sizes={tuple(self.stage_sizes)} must be a non-empty list of positive block counts")
     if self.block == "basic" and (self.groups != 1 or self.width_per_group != 64):
@@ -297,14 +301,21 @@ class ResNet(nn.Module):
 
   def _block(self, stage: int, index: int, conv, norm) -> nn.Module:
     """Block `index` of stage `stage`, named like torchvision's `layer{stage+1}.{index}`."""
-    kwargs = dict(filters=64 * 2**stage, strides=2 if stage > 0 and index == 0 else 1,
+    strides = 1 if stage == 0 or index > 0 else (
+        self.last_stage_strides if stage == len(self.stage_sizes) - 1 else 2)
+    kwargs = dict(filters=64 * 2**stage, strides=strides,
                   conv=conv, norm=norm, zero_init_residual=self.zero_init_residual,
                   name=f"layer{stage + 1}_{index}")
     if self.block == "bottleneck":
       kwargs.update(width=int(kwargs["filters"] * self.width_per_group / 64) * self.groups,
                     groups=self.groups)
     if not self.preact:
-      return (Bottleneck if self.block == "bottleneck" else BasicBlock)(attn=_attention(self, norm), **kwargs)
+      attn = _attention(self, norm)
+      if self.attn_blocks == "last" and index < self.stage_sizes[stage] - 1:
+        attn = None
+      elif attn is not None and self.attn == "gsop" and stage == 0:
+        attn = functools.partial(attn, reduce_strides=2)  # the authors' cheaper covariance at 56x56
+      return (Bottleneck if self.block == "bottleneck" else BasicBlock)(attn=attn, **kwargs)
     # The stem ends in BN-ReLU, so the very first unit takes an activated input.
     kwargs.update(first_in_stage=index == 0, activated_input=stage == 0 and index == 0)
     return (PreActBottleneck if self.block == "bottleneck" else PreActBasicBlock)(**kwargs)
@@ -439,7 +450,9 @@ def _register():
       "se_resnet50": dict(imagenet["resnet50"], attn="se"),
       "eca_resnet50": dict(imagenet["resnet50"], attn="eca"),
       "cbam_resnet50": dict(imagenet["resnet50"], attn="cbam"),
-      "gsop_resnet50": dict(imagenet["resnet50"], attn="gsop"),
+      # GSoP-Net1 (Gao et al. 2019) as the authors' code builds it: GSoP (d=128) in the last
+      # block of each stage, last stage at stride 1 (14x14 at 224): 28.29M parameters.
+      "gsop_resnet50": dict(imagenet["resnet50"], attn="gsop", attn_blocks="last", last_stage_strides=1),
       "resnext29_8x64d": dict(stage_sizes=(3, 3, 3), block="bottleneck", groups=8,
                               width_per_group=64, stem="cifar", num_classes=10),
   }
