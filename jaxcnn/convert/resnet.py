@@ -7,6 +7,10 @@ The flax modules carry torchvision's names, so the mapping is mechanical:
   layer2.0.conv2.weight             -> params/layer2_0/conv2/kernel
   layer2.0.downsample.{0,1}.*       -> .../layer2_0/downsample_{conv,bn}/...
   fc.{weight,bias}                  -> params/fc/{kernel,bias}
+timm's attention ResNets (`seresnet18/50`, and `ResNet(block_args=dict(attn_layer='eca'))`)
+add one module per block, also named `se` in both projects:
+  layer1.0.se.fc{1,2}.{weight,bias} -> params/layer1_0/se/fc{1,2}/{kernel,bias}   (SE, 1x1 convs)
+  layer1.0.se.conv.weight           -> params/layer1_0/se/conv/kernel            (ECA, Conv1d [1,1,k] -> [k,1,1])
 The result is checked against the model's own variable shapes, so a state
 dict of another architecture fails with a UserError naming what differs.
 The classifier size is taken from `fc.weight` (fine-tuned heads work).
@@ -24,6 +28,10 @@ TORCHVISION_MODELS = (
     "wide_resnet50_2", "wide_resnet101_2",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
 )
+# timm's layout of the same networks with attention blocks (timm seresnet18 / seresnet50, and
+# its ResNet with attn_layer='eca'). CBAM is not here: timm's CbamModule has no MLP bias and
+# stacks the spatial maps mean-first, the CBAM authors' code (what cbam_resnet50 follows) differs.
+TIMM_ATTENTION_MODELS = ("se_resnet18", "se_resnet50", "eca_resnet50")
 
 
 def _flax_path(torch_module: str) -> tuple:
@@ -33,7 +41,7 @@ def _flax_path(torch_module: str) -> tuple:
     return tuple(parts)
   inner = ".".join(parts[2:])
   inner = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}.get(inner, inner)
-  return (f"{parts[0]}_{parts[1]}", inner)
+  return (f"{parts[0]}_{parts[1]}",) + tuple(inner.split("."))
 
 
 def _put(tree: dict, path: tuple, leaves: dict):
@@ -55,8 +63,17 @@ def _convert(state_dict: dict) -> dict:
     elif module == "fc":
       _put(params, path, {"kernel": dense_kernel(state_dict["fc.weight"]), "bias": state_dict["fc.bias"]})
     else:
-      _put(params, path, {"kernel": conv_kernel(state_dict[f"{module}.weight"])})
+      _put(params, path, _conv(state_dict, module))
   return {"params": params, "batch_stats": stats}
+
+
+def _conv(state_dict: dict, module: str) -> dict:
+  """A Conv2d (OIHW -> HWIO) or ECA's Conv1d over channels ([1, 1, k] -> [k, 1, 1]), bias if any."""
+  weight = state_dict[f"{module}.weight"]
+  leaves = {"kernel": np.transpose(weight, (2, 1, 0)) if weight.ndim == 3 else conv_kernel(weight)}
+  if f"{module}.bias" in state_dict:
+    leaves["bias"] = state_dict[f"{module}.bias"]
+  return leaves
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -83,10 +100,13 @@ def _check_fits(name: str, variables: dict, expected: dict):
 @register_converter("resnet")
 @register_converter("wide_resnet")
 @register_converter("resnext")
+@register_converter("se_resnet")
+@register_converter("eca_resnet")
 def convert_resnet(name: str, state_dict: dict) -> dict:
-  """{'params', 'batch_stats'} (float32 numpy) for `create_model(name)` from a torchvision state dict."""
-  if name not in TORCHVISION_MODELS:
-    raise UserError(f"no torchvision weights layout for '{name}' (convertible: {', '.join(TORCHVISION_MODELS)})")
+  """{'params', 'batch_stats'} (float32 numpy) for `create_model(name)` from a torchvision / timm state dict."""
+  convertible = TORCHVISION_MODELS + TIMM_ATTENTION_MODELS
+  if name not in convertible:
+    raise UserError(f"no torchvision/timm weights layout for '{name}' (convertible: {', '.join(convertible)})")
   if "fc.weight" not in state_dict:
     raise UserError(f"the state dict has no 'fc.weight': not a torchvision '{name}'")
   try:

@@ -50,8 +50,25 @@ def _torch_model(name, num_classes=1000):
   return model.eval()
 
 
-def _max_abs_diff(name):
-  model = _torch_model(name)
+def _timm_model(name):
+  """timm's layout of `name`: seresnet18/50, and its ResNet-50 with ECA blocks (no registered name)."""
+  timm = pytest.importorskip("timm")
+  from timm.models.resnet import Bottleneck, ResNet
+  torch.manual_seed(0)
+  if name == "eca_resnet50":
+    model = ResNet(block=Bottleneck, layers=(3, 4, 6, 3), block_args=dict(attn_layer="eca"))
+  else:
+    model = timm.create_model(name.replace("se_resnet", "seresnet"), pretrained=False)
+  with torch.no_grad():  # timm zero-inits nothing here, but randomise the gates' biases too
+    for key, p in model.named_parameters():
+      if ".se." in key and key.endswith("bias"):
+        p.normal_(0.0, 0.5)
+  _randomize_batchnorms(model, torch.Generator().manual_seed(1))
+  return model.eval()
+
+
+def _max_abs_diff(name, model=None):
+  model = model if model is not None else _torch_model(name)
   images = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
   with torch.no_grad():
     expected = model(torch.from_numpy(images)).numpy()
@@ -70,6 +87,14 @@ def test_logits_match_torchvision(name):
   assert diff < 1e-4
 
 
+@pytest.mark.parametrize("name", ["se_resnet18", "eca_resnet50", pytest.param("se_resnet50", marks=pytest.mark.slow)])
+def test_attention_resnets_match_timm(name):
+  diff, scale = _max_abs_diff(name, _timm_model(name))
+  print(f"{name}: max |jax - timm| = {diff:.2e} (max |logit| {scale:.2f})")
+  assert scale > 0.1
+  assert diff < 1e-4
+
+
 def test_fine_tuned_head_size_is_taken_from_the_state_dict():
   variables = torch_to_flax("resnet18", _torch_model("resnet18", num_classes=7).state_dict())
   assert variables["params"]["fc"]["kernel"].shape == (512, 7)
@@ -80,5 +105,5 @@ def test_wrong_architecture_is_a_user_error():
   state_dict = _torch_model("resnet18").state_dict()
   with pytest.raises(UserError, match="does not fit 'resnet34'"):
     torch_to_flax("resnet34", state_dict)
-  with pytest.raises(UserError, match="no torchvision weights layout for 'resnet20'"):
+  with pytest.raises(UserError, match="no torchvision/timm weights layout for 'resnet20'"):
     torch_to_flax("resnet20", state_dict)
