@@ -8,14 +8,19 @@
     for batch in eval_iterator(cfg.data, global_batch_size=512): ...   # + 'mask'
 
 Missing tfds datasets: `python -m jaxcnn.data.prepare NAME` (no TensorFlow needed).
+Datasets in the user's own files: `register_source(info, open_split)`, then
+`data.name = info.name` and `data.data_dir = <their folder>` (see `sources`);
+`cub_stackgan` (CUB birds + StackGAN text embeddings) is registered on import.
 """
 from jaxcnn.data.config import DataSpec, default_data_config, resolve
 from jaxcnn.data.pipeline import EvalBatches, eval_iterator, train_iterator
-from jaxcnn.data.sources import (ArraySource, DatasetInfo, TfdsSource, channel_stats, dataset_info,
-                                 dataset_names, embedded_names, get_source)
+from jaxcnn.data.sources import (ArraySource, DatasetInfo, IndexedSource, TfdsSource, channel_stats,
+                                 dataset_info, dataset_names, embedded_names, extra_field_specs, get_source,
+                                 register_source, registered_names)
+from jaxcnn.data import embeddings as _embeddings  # noqa: F401,E402  (registers cub_stackgan)
 
 __all__ = [
-    "ArraySource", "DataSpec", "DatasetInfo", "EvalBatches", "TfdsSource", "channel_stats", "dataset_info",
-    "dataset_names", "default_data_config", "embedded_names", "eval_iterator", "get_source", "resolve",
-    "train_iterator",
+    "ArraySource", "DataSpec", "DatasetInfo", "EvalBatches", "IndexedSource", "TfdsSource", "channel_stats",
+    "dataset_info", "dataset_names", "default_data_config", "embedded_names", "eval_iterator", "extra_field_specs",
+    "get_source", "register_source", "registered_names", "resolve", "train_iterator",
 ]

@@ -35,7 +35,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       "erase_mode": "pixel",     # pixel: N(0, 1) per pixel | rand: one N(0, 1) colour | const: zeros
       "repeated_aug": 1,         # each drawn image appears this many times per global batch, augmented apart
       "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
-      "data_dir": "",            # '': tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+      "data_dir": "",            # tfds: '' = default ($TFDS_DATA_DIR or ~/tensorflow_datasets); registered
+                                 # datasets (cub_stackgan): the folder holding their files
       "download": False,         # prepare a missing tfds dataset (needs its download host)
       "manual_dir": "",          # folder with already downloaded archives (prepares without network)
       "num_threads": 2,          # grain reader threads (0: read in the calling thread)

@@ -21,10 +21,16 @@ and with P = R processes each process holds one copy of every example of the bat
 Evaluation reads the split in order; global position g = t * B + k holds example
 g, and positions past the end are padding with mask 0, so every process yields
 the same number of equally shaped batches and each example appears once.
+
+Extra fields. When the source's examples carry fields besides the image and the
+label (`sources.extra_field_specs`, e.g. CUB's [10, 1024] text `embedding`),
+every batch holds them too, stacked, unchanged and in the same positions as
+their images (so the order and resume rules above hold for them as well);
+padding positions of eval batches hold zeros.
 """
 import functools
 import threading
-from typing import Tuple
+from typing import Dict, Tuple
 
 import grain
 import numpy as np
@@ -86,26 +92,43 @@ class _EpochPermutations:
 
 
 class _Examples:
-  """One split of a DataSpec: images resized and channel-converted (uint8), then normalised (float32)."""
+  """One split of a DataSpec: images resized and channel-converted (uint8), then normalised (float32).
+
+  Extra fields of the source's examples ride along unchanged (`extra_fields`: {name: (shape, dtype)}).
+  """
 
   def __init__(self, spec: config_lib.DataSpec, split: str):
     self.spec = spec
     self.source = _resized_source(spec, split)
     self.needs_resize = not isinstance(self.source, sources.ArraySource)
     self.mean, self.std = spec.mean_std()
+    self.extra_fields = sources.extra_field_specs(self.source)
 
   def __len__(self) -> int:
     return len(self.source)
 
-  def uint8_image_and_label(self, index: int) -> Tuple[np.ndarray, int]:
+  def read(self, index: int) -> Tuple[np.ndarray, int, Dict[str, np.ndarray]]:
+    """(uint8 image at the spec's size and channels, label, extra fields) of example `index`."""
     example = self.source[index]
     image = example["image"]
     if self.needs_resize:
       image = transforms.resize(image, self.spec.image_size)
-    return transforms.to_channels(image, self.spec.channels), example["label"]
+    extras = {}
+    for name, (shape, dtype) in self.extra_fields.items():
+      value = np.asarray(example[name], dtype)
+      if value.shape != shape:
+        raise UserError(f"example {index} of dataset '{self.spec.name}' has field '{name}' of shape "
+                        f"{value.shape}, the others {shape}: every example's fields must have one shape")
+      extras[name] = value
+    return transforms.to_channels(image, self.spec.channels), example["label"], extras
 
-  def finish(self, image: np.ndarray, label: int) -> dict:
-    return {"image": transforms.normalize(image, self.mean, self.std), "label": np.int32(label)}
+  def finish(self, image: np.ndarray, label: int, extras: Dict[str, np.ndarray]) -> dict:
+    return {"image": transforms.normalize(image, self.mean, self.std), "label": np.int32(label), **extras}
+
+  def padding(self) -> dict:
+    """What an eval padding position holds: zeros of every field's shape."""
+    extras = {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.extra_fields.items()}
+    return {"image": np.zeros(self.spec.image_shape, np.float32), "label": np.int32(0), **extras}
 
 
 def _resized_source(spec: config_lib.DataSpec, split: str):
@@ -129,7 +152,7 @@ def _read_options(spec: config_lib.DataSpec) -> grain.ReadOptions:
 
 def train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1):
-  """Endless local training batches {'image': float32 [b, S, S, C], 'label': int32 [b]}.
+  """Endless local training batches {'image': float32 [b, S, S, C], 'label': int32 [b], extra fields [b, ...]}.
 
   Returns grain's DatasetIterator: `.get_state()` is a JSON-serialisable dict
   and `.set_state(state)` on a freshly built iterator (same config, seed and
@@ -151,11 +174,11 @@ def train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index
   def element(local_index):
     g = global_position(int(local_index), local, global_batch, process_index)
     epoch, offset = divmod(example_slot(g, global_batch, repeats), n)
-    image, label = examples.uint8_image_and_label(permutations(epoch)[offset])
+    image, label, extras = examples.read(permutations(epoch)[offset])
     if not spec.augment:   # seeding costs as much as a crop: only when something random follows
-      return examples.finish(image, label)
+      return examples.finish(image, label, extras)
     rng = np.random.default_rng([seed, 1, g])
-    out = examples.finish(transforms.augment(image, rng, uint8_augment, options), label)
+    out = examples.finish(transforms.augment(image, rng, uint8_augment, options), label, extras)
     if normalized_augment:
       out["image"] = transforms.augment(out["image"], rng, normalized_augment, options)
     return out
@@ -165,7 +188,8 @@ def train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index
 
 
 class EvalBatches:
-  """One pass over an eval split in local batches {'image', 'label', 'mask'}; every `iter()` starts afresh."""
+  """One pass over an eval split in local batches {'image', 'label', extra fields, 'mask'}; every `iter()` starts
+  afresh."""
 
   def __init__(self, spec: config_lib.DataSpec, split: str, global_batch_size: int, process_index: int,
                process_count: int):
@@ -182,10 +206,8 @@ class EvalBatches:
   def _element(self, local_index):
     g = global_position(int(local_index), self.local_batch, self.global_batch, self.process_index)
     if g < self.num_examples:
-      image, label = self.examples.uint8_image_and_label(g)
-      return {**self.examples.finish(image, label), "mask": np.float32(1.0)}
-    return {"image": np.zeros(self.spec.image_shape, np.float32), "label": np.int32(0),
-            "mask": np.float32(0.0)}
+      return {**self.examples.finish(*self.examples.read(g)), "mask": np.float32(1.0)}
+    return {**self.examples.padding(), "mask": np.float32(0.0)}
 
   def __iter__(self):
     dataset = grain.MapDataset.range(self.num_batches * self.local_batch).map(self._element)

@@ -1,6 +1,10 @@
 """Datasets by name: what they are (`DatasetInfo`) and random access to a split (`get_source`).
 
-A source is anything with `len(src)` and `src[i] -> {'image': uint8 [H, W, C], 'label': int}`.
+A source is anything with `len(src)` and `src[i] -> {'image': uint8 [H, W, C], 'label': int, ...}`
+(grain's random-access protocol). Besides the image and the label an example
+may carry extra fields of fixed shape and dtype (e.g. a text `embedding`); the
+pipeline passes them through to the batches unchanged. A source names them in
+`extra_fields` ({name: (shape, dtype)}), or they are read off its first example.
 
 Embedded datasets ship with a Python package and need neither files nor
 network. `digits` is scikit-learn's `load_digits`: 1,797 8x8 grayscale digits
@@ -10,6 +14,17 @@ class (in the order load_digits returns it) the 36 examples at evenly spaced
 ranks floor((i + 0.5) * n_class / 36), i = 0..35, form 'test' (360 = 36 x 10,
 stratified); the other 1,437 form 'train', in their original order.
 
+Registered datasets live in files of the user's (a folder given as
+`data.data_dir`); `register_source(info, open_split)` makes one usable as
+`data.name`. `cub_stackgan` (CUB-200-2011 birds with the char-CNN-RNN text
+embeddings of the StackGAN authors, `jaxcnn.data.embeddings`) is registered
+this way; a project of one's own registers its dataset the same way before
+building the config:
+
+    def open_split(split, data_dir):          # split: a split name of info.splits
+      return MySource(data_dir, split)        # len() and [i] -> {'image', 'label', ...}
+    register_source(DatasetInfo('mine', 10, (64, 64, 3), False, 'train', 'test', None), open_split)
+
 All other datasets are TensorFlow Datasets, read through `tfds.data_source`
 (ArrayRecord, no TensorFlow needed); see `jaxcnn.data.prepare` for how they get
 prepared.
@@ -17,8 +32,9 @@ prepared.
 import dataclasses
 import functools
 import re
+import threading
 import types
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -61,6 +77,51 @@ _KNOWN_STATS = {
 
 DIGITS_TEST_PER_CLASS = 36
 
+# Registered datasets: name -> open_split(split name, data_dir) -> source.
+SplitOpener = Callable[[str, str], Any]
+_OPENERS: Dict[str, SplitOpener] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register_source(info: DatasetInfo, open_split: SplitOpener, *,
+                    stats: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None) -> None:
+  """Makes a dataset read from the user's files available as `data.name = info.name`.
+
+  Args:
+    info: what the dataset is; `embedded` must be False and `tfds_name` None.
+      `image_shape` is the size used when `data.image_size` is 0 (the pipeline
+      resizes every image to it).
+    open_split: `open_split(split, data_dir)` -> a random-access source of one
+      whole split (`split` is one of `info.splits`; tfds-style slicing such as
+      'train[:90%]' is applied on top). It should raise `UserError` naming the
+      files it needs when they are missing. Each (split, data_dir) is opened
+      once per process and shared, so the source must allow concurrent reads.
+    stats: optional published per-channel (mean, std) in [0, 1] units for
+      `data.normalize='standard'`; otherwise computed from the training split.
+
+  Registering a name again replaces the earlier registration; tfds and
+  embedded names cannot be taken.
+  """
+  if info.embedded or info.tfds_name is not None:
+    raise ValueError(f"a registered dataset reads the user's files: want embedded=False and tfds_name=None, "
+                     f"got {info}")
+  with _REGISTRY_LOCK:
+    if info.name in _INFOS and info.name not in _OPENERS:
+      raise ValueError(f"dataset name '{info.name}' is taken by a built-in dataset")
+    _INFOS[info.name] = info
+    _OPENERS[info.name] = open_split
+    if stats is not None:
+      _KNOWN_STATS[info.name] = stats
+    else:
+      _KNOWN_STATS.pop(info.name, None)
+  _open_registered.cache_clear()
+  _computed_stats.cache_clear()
+
+
+def registered_names() -> list:
+  """The datasets added with `register_source` (read from files the user provides)."""
+  return sorted(_OPENERS)
+
 
 def dataset_names() -> list:
   """Every dataset name `get_source` knows."""
@@ -81,6 +142,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 class ArraySource:
   """A split held in memory: uint8 images [N, H, W, C] and integer labels [N]."""
+  extra_fields: Dict[str, Tuple[Tuple[int, ...], Any]] = {}
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, name: str = ""):
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
@@ -101,6 +163,7 @@ class ArraySource:
 
 class TfdsSource:
   """A tfds random-access data source reduced to {'image': uint8 [H, W, C], 'label': int}."""
+  extra_fields: Dict[str, Tuple[Tuple[int, ...], Any]] = {}
 
   def __init__(self, data_source, name: str = ""):
     self.data_source, self.name = data_source, name
@@ -128,7 +191,8 @@ def get_source(name: str, split: str, *, data_dir: Optional[str] = None, downloa
     split: a split name ('train', 'test', ...), with tfds slicing if wanted
       ('train[:90%]', 'train[45000:]', 'train+test').
     data_dir: where tfds datasets are prepared; None or '' = tfds's default
-      ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+      ($TFDS_DATA_DIR or ~/tensorflow_datasets). For a registered dataset: the
+      folder with its files (passed to its `open_split`).
     download: a tfds dataset that is not prepared is downloaded and prepared
       (ArrayRecord) when its download host answers within a few seconds.
     manual_dir: a folder holding the dataset's downloaded archives (e.g.
@@ -142,6 +206,8 @@ def get_source(name: str, split: str, *, data_dir: Optional[str] = None, downloa
   _check_split_names(info, split)
   if info.embedded:
     source = _embedded_source(info, split)
+  elif info.name in _OPENERS:
+    source = _registered_source(info, split, data_dir or "")
   else:
     from jaxcnn.data import prepare  # pylint: disable=g-import-not-at-top  (keeps tfds off the digits path)
     data_source = prepare.tfds_data_source(info, split, data_dir=data_dir or None, download=download,
@@ -182,6 +248,66 @@ def _embedded_source(info: DatasetInfo, split: str) -> ArraySource:
   images = np.concatenate([p[0] for p in parts])
   labels = np.concatenate([p[1] for p in parts])
   return ArraySource(images, labels, name=f"{info.name}:{split}")
+
+
+@functools.lru_cache(maxsize=16)
+def _open_registered(name: str, split: str, data_dir: str):
+  return _OPENERS[name](split, data_dir)
+
+
+def _split_parts(split: str):
+  """'train[:8]+test' -> ['train', 'test']: the split names a spec refers to (already checked)."""
+  return [re.match(r"\s*([A-Za-z_][\w-]*)", part).group(1) for part in split.split("+")]
+
+
+def _registered_source(info: DatasetInfo, split: str, data_dir: str):
+  """A registered dataset's split, tfds-style slicing resolved into an index map over the opened splits."""
+  names = _split_parts(split)
+  if len(names) == 1 and split.strip() == names[0]:
+    return _open_registered(info.name, names[0], data_dir)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  opened = {n: _open_registered(info.name, n, data_dir) for n in names}
+  sizes = {n: types.SimpleNamespace(num_examples=len(s)) for n, s in opened.items()}
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
+  except (ValueError, AssertionError) as err:
+    raise UserError(f"cannot read split '{split}' of dataset '{info.name}': {err}") from None
+  return IndexedSource([(opened[i.splitname], range(len(opened[i.splitname]))[i.from_:i.to]) for i in instructions],
+                       name=f"{info.name}:{split}")
+
+
+class IndexedSource:
+  """Consecutive index ranges of other sources seen as one source (a sliced or joined split)."""
+
+  def __init__(self, parts, name: str = ""):
+    self.parts = [(source, indices) for source, indices in parts if len(indices)]
+    self.offsets = np.cumsum([0] + [len(indices) for _, indices in self.parts])
+    self.name = name
+    fields = [extra_field_specs(source) for source, _ in self.parts]
+    self.extra_fields = fields[0] if fields else {}
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def __getitem__(self, index) -> dict:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} examples")
+    part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+    source, indices = self.parts[part]
+    return source[indices[index - int(self.offsets[part])]]
+
+  def __repr__(self) -> str:
+    return f"IndexedSource({self.name!r}, {len(self)} examples)"
+
+
+def extra_field_specs(source) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+  """{name: (shape, dtype)} of the fields a source's examples carry besides 'image' and 'label'."""
+  fields = getattr(source, "extra_fields", None)
+  if fields is None:
+    example = source[0] if len(source) else {}
+    fields = {k: (np.shape(v), np.asarray(v).dtype) for k, v in example.items() if k not in ("image", "label")}
+  return {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in fields.items()}
 
 
 def digits_test_indices(labels: np.ndarray, per_class: int = DIGITS_TEST_PER_CLASS) -> np.ndarray:
@@ -232,8 +358,13 @@ def _computed_stats(name, data_dir, download, manual_dir, split, max_examples=10
   source = get_source(name, split, data_dir=data_dir, download=download, manual_dir=manual_dir)
   take = np.linspace(0, len(source) - 1, min(len(source), max_examples)).astype(np.int64)
   if isinstance(source, ArraySource):
-    images = source.images[take]
-  else:
-    images = np.stack([source[i]["image"] for i in take])
-  pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-  return pixels.mean(0).astype(np.float32), pixels.std(0).astype(np.float32)
+    images = [source.images[take]]
+  else:   # one image at a time: registered sources' images may differ in size
+    images = (source[i]["image"] for i in take)
+  total, total_sq, count = 0.0, 0.0, 0
+  for image in images:
+    pixels = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255.0
+    total, total_sq, count = total + pixels.sum(0), total_sq + np.square(pixels).sum(0), count + len(pixels)
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return mean.astype(np.float32), std.astype(np.float32)
