@@ -42,6 +42,13 @@ CIFAR_PARAMS = {
     ("resnet110", "A"): 1_727_962,
     ("resnet110", "B"): 1_730_714,
 }
+# Pre-activation ResNets (He et al. 2016, fb.resnet.torch preresnet layout: BN-ReLU in the stem
+# before the max-pool, the first unit skips its own). timm's resnetv2_50/101 (BiT layout: the
+# BN-ReLU after the max-pool, in the first unit) have the same counts.
+PREACT_PARAMS = {
+    "preact_resnet50": 25_549_352,
+    "preact_resnet101": 44_541_480,
+}
 OTHER_CIFAR_PARAMS = {
     "resnet18_cifar": 11_173_962,
     "wrn28_10": 36_479_194,
@@ -56,6 +63,11 @@ def _params(name, **overrides):
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
 def test_torchvision_parameter_counts(name):
   assert param_count(_params(name)) == TORCHVISION_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PREACT_PARAMS))
+def test_preact_parameter_counts(name):
+  assert param_count(_params(name)) == PREACT_PARAMS[name]
 
 
 @pytest.mark.parametrize("name,shortcut", sorted(CIFAR_PARAMS))
