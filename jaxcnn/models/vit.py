@@ -202,15 +202,21 @@ def unscan_params(params):
 
 
 def resample_posemb(posemb, new_grid: Union[int, Sequence[int]],
-                    num_prefix_tokens: Optional[int] = None):
-  """Bilinearly resizes the patch-grid part of a [1, prefix + gh*gw, D] position embedding.
+                    num_prefix_tokens: Optional[int] = None, method: str = "bilinear"):
+  """Resizes the patch-grid part of a [1, prefix + gh*gw, D] position embedding.
 
   For fine-tuning at a new resolution: the class token (prefix) is kept as is,
   the square patch grid is resized to `new_grid` (int or (h, w)). The prefix
   length is inferred (0 or 1, whichever leaves a square grid) unless given.
-  Matches torch's F.interpolate(mode='bilinear', align_corners=False,
-  antialias=True) (checked to 1e-6): half-pixel centres, downsampling antialiased.
+  Half-pixel centres, downsampling antialiased (jax.image.resize):
+  method='bilinear' equals torch's F.interpolate(mode='bilinear',
+  align_corners=False, antialias=True) to 1e-6; method='bicubic' equals timm's
+  `resample_abs_pos_embed` default (torch bicubic, antialias=True, whose
+  antialiased path uses the a=-0.5 Keys kernel like jax) to ~2e-6. Without
+  antialias torch's bicubic uses a=-0.75, which differs.
   """
+  if method not in ("bilinear", "bicubic"):
+    raise UserError(f"resample_posemb method must be 'bilinear' or 'bicubic', got {method!r}")
   posemb = jnp.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise UserError(f"resample_posemb expects [1, tokens, dim], got shape {posemb.shape}")
@@ -226,7 +232,7 @@ def resample_posemb(posemb, new_grid: Union[int, Sequence[int]],
   new_h, new_w = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
   prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
   grid = grid.reshape(1, old, old, dim).astype(jnp.float32)
-  grid = jax.image.resize(grid, (1, new_h, new_w, dim), method="bilinear")
+  grid = jax.image.resize(grid, (1, new_h, new_w, dim), method=method, antialias=True)
   grid = grid.reshape(1, new_h * new_w, dim).astype(posemb.dtype)
   return jnp.concatenate([prefix, grid], axis=1)
 

@@ -2,12 +2,16 @@
 
     --config.finetune.weights=resnet50-torchvision.pth     # a torchvision / timm state dict (.pth, .safetensors)
     --config.finetune.weights=runs/pretrain                # or a jaxcnn workdir (its latest checkpoint)
+    --config.finetune.weights=ViT-B_16.npz                 # or a big_vision / vision_transformer ViT .npz
+    --config.finetune.converter_name=vit_base_patch16_224  # the weights' architecture, when the model name differs
     --config.finetune.freeze='^(?!fc/)'                    # regex over 'a/b/kernel' paths: matching params stay fixed
 
 Every pretrained array whose path and shape match the model is loaded; an array
 whose shape differs (the classifier head for a new `num_classes`) keeps its fresh
 initialisation, and the run logs which ones. A pretrained array the model does not
 have, or a model parameter the weights lack (other than re-initialised ones), is an error.
+ViT weights are first brought to the model's layout (`fit_vit_layout`): scanned
+blocks, and the position embedding resampled to the model's resolution.
 """
 import logging
 import os
@@ -29,6 +33,9 @@ def load_pretrained(weights: str, model_name: str) -> dict:
     raise UserError(f"finetune.weights: no such file or directory: {weights}")
   if os.path.isdir(weights):
     return _from_workdir(weights)
+  if weights.endswith(".npz"):  # big_vision / vision_transformer ViT checkpoints
+    from jaxcnn.convert.vit import load_big_vision_npz
+    return load_big_vision_npz(weights, model_name)
   from jaxcnn.convert import load_torch_state_dict, torch_to_flax
   return torch_to_flax(model_name, load_torch_state_dict(weights))
 
@@ -69,10 +76,33 @@ def merge(fresh: dict, pretrained: dict, what: str) -> dict:
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
+def fit_vit_layout(fresh: dict, pretrained: dict) -> dict:
+  """ViT weights brought to the fresh model's layout: scanned blocks, position grid of its resolution.
+
+  A `scan_layers=True` model keeps its blocks as one stacked `blocks` subtree;
+  a position embedding of another token count is resampled to the model's
+  square grid (bicubic, antialiased: timm's `resample_abs_pos_embed`). Other
+  trees pass through unchanged.
+  """
+  from jaxcnn.models.vit import resample_posemb, scan_params
+  pretrained = dict(pretrained)
+  if "blocks" in fresh and "blocks_0" in pretrained and "blocks_0" not in fresh:
+    pretrained = scan_params(pretrained)
+  if "pos_embed" in fresh and "pos_embed" in pretrained:
+    old, new = np.shape(pretrained["pos_embed"]), fresh["pos_embed"].shape
+    if old != new and old[2] == new[2]:
+      prefix = 1 if "cls_token" in fresh else 0
+      grid = int(round((new[1] - prefix) ** 0.5))
+      pretrained["pos_embed"] = np.asarray(resample_posemb(
+          pretrained["pos_embed"], grid, num_prefix_tokens=prefix, method="bicubic"))
+      log.info("fine-tuning: resampled pos_embed %s -> %s", tuple(old), tuple(new))
+  return pretrained
+
+
 def apply_pretrained(state, finetune_cfg, model_name: str):
   """The fresh train state with the pretrained variables merged in (EMA starts from them too)."""
   pre = load_pretrained(finetune_cfg.weights, finetune_cfg.converter_name or model_name)
-  params = merge(state.params, pre["params"], "parameters")
+  params = merge(state.params, fit_vit_layout(state.params, pre["params"]), "parameters")
   model_state = {k: merge(v, pre.get(k, {}), k) for k, v in state.model_state.items()}
   ema = params if state.ema_params else state.ema_params
   log.info("fine-tuning from %s", finetune_cfg.weights)
