@@ -2,26 +2,41 @@
 
     python -m experiments.run --exp=stackgan_cub --workdir=workdirs/stackgan_cub \
         --config.data.data_dir=/path/to/birds
-    python -m experiments.run --exp=stackgan_cub_stage2 --config.stackgan.stage1_workdir=workdirs/stackgan_cub
+    python -m experiments.run --exp=stackgan_cub_stage2 --workdir=workdirs/stackgan_cub_stage2 \
+        --config.data.data_dir=/path/to/birds --config.stackgan.stage1_workdir=workdirs/stackgan_cub
 
-Data (the user provides it; nothing is downloaded): the StackGAN `birds/`
-folder, i.e. CUB_200_2011/{images/, images.txt, bounding_boxes.txt} from
-Caltech and {train,test}/{filenames.pickle, char-CNN-RNN-embeddings.pickle}
-(10 x 1024-d embeddings per image, Reed et al. 2016) from the StackGAN
-README's "preprocessed char-CNN-RNN text embeddings for birds"; the full list
-and sources are in jaxcnn/data/embeddings.py (`CubEmbeddingSource`).
-Status: the source reads that layout, and the StackGAN task trains on
-`batch['embedding']` ([B, 10, 1024]: one caption drawn per image and step),
-but the data pipeline (jaxcnn.data) has no hook yet to register an outside
-source by name nor to carry a per-example field besides image and label, so
-this experiment stops at config validation with "unknown dataset
-'cub_stackgan'" until it does.
+Data: you provide it (nothing is downloaded); `data.data_dir` must name one
+folder (the StackGAN repo's `data/birds`) holding
+
+    CUB_200_2011/images/<class>/<name>.jpg     from Caltech's CUB_200_2011.tgz, unpacked into the folder
+    CUB_200_2011/images.txt                    (same archive)
+    CUB_200_2011/bounding_boxes.txt            (same archive)
+    train/filenames.pickle                     8,855 '<class>/<name>' keys   } the StackGAN README's "char-CNN-RNN
+    train/char-CNN-RNN-embeddings.pickle       [8,855, 10, 1024]             } text embeddings for birds"
+    test/filenames.pickle                      2,933 keys                    } (birds.zip), Reed et al. 2016
+    test/char-CNN-RNN-embeddings.pickle        [2,933, 10, 1024]             }
+
+(`class_info.pickle` may be there too; it is not needed). A missing file stops
+the run at once with a one-line error naming it (exit status 2). Details and
+sources: jaxcnn/data/embeddings.py.
+
+What the run does with it, as the authors' code: each image is cropped to a
+square of 1.5 x the longer side of its bounding box around the box centre,
+resized to 64x64 (bilinear) and randomly flipped; per image and step one of
+its 10 caption embeddings is drawn at random; the matching-aware discriminator
+also sees each real image with another image's embedding (the batch rolled by
+one, pairs of the same class left out) as fake. Not reproduced: the authors'
+resize to 76x76 and random 64x64 crop.
 
 The authors' Stage-I settings: z 100-d, condition 128-d, GF_DIM 128,
 DF_DIM 64, Adam(2e-4, b1=0.5), batch 64, 600 epochs with the learning rate
 halved every 100, KL weight 2. Expected (paper, Table 1; Inception-v3 on
 256x256 Stage-II samples): Inception Score 3.70 +- 0.04; eval/inception_score
-here uses the project's CUB classifier instead, so it is not comparable.
+and eval/fid here use the project's CUB classifier (a LeNet trained on these
+crops at 32x32, named in eval/fid_extractor), so they are not comparable.
+Not run to completion here (no CUB data offline; the pipeline, task and
+both stages are tested end to end on a miniature birds folder:
+tests/generative/test_stackgan_cub_run.py).
 """
 from experiments.configs.common import base_config
 from jaxcnn.data.embeddings import EMBEDDING_DIM
@@ -38,6 +53,7 @@ def get_config():
   c.model.df_dim = 64
   c.model.ef_dim = 128
   c.data.name = "cub_stackgan"
+  c.data.data_dir = ""             # required: the birds folder described above
   c.data.image_size = 64
   c.data.augment = "flip"
   c.data.normalize = "symmetric"

@@ -1,11 +1,14 @@
 """StackGAN Stage II on CUB birds: refines a trained `stackgan_cub` Stage I from 64x64 to 256x256.
 
-    python -m experiments.run --exp=stackgan_cub_stage2 --config.stackgan.stage1_workdir=workdirs/stackgan_cub \
-        --config.data.data_dir=/path/to/birds
+    python -m experiments.run --exp=stackgan_cub_stage2 --workdir=workdirs/stackgan_cub_stage2 \
+        --config.data.data_dir=/path/to/birds --config.stackgan.stage1_workdir=workdirs/stackgan_cub
 
-Same data and status as `stackgan_cub` (see its docstring). The authors'
-Stage-II settings: GF_DIM 128, DF_DIM 64, 4 residual blocks, the extra
-unconditional discriminator logit, batch 64 (Stage I frozen). Expected (paper,
+Same data folder as `stackgan_cub` (see its docstring; `data.data_dir` is
+required); the bird crops are resized to 256x256. The Stage-I generator is read
+from the newest checkpoint of `stackgan.stage1_workdir` (which must be a
+stackgan_stage1 run on cub_stackgan with the same embedding settings) and kept
+frozen. The authors' Stage-II settings: GF_DIM 128, DF_DIM 64, 4 residual
+blocks, the extra unconditional discriminator logit, batch 64. Expected (paper,
 Table 1): Inception Score 3.70 +- 0.04 on CUB with Inception-v3 features
 fine-tuned on CUB; the project's own classifier replaces it here, so the
 numbers are not comparable.

@@ -328,14 +328,17 @@ class GAN(Task):
     return np.concatenate(images), conditions
 
   def real_features(self, extractor):
-    """Features of the held-out split (computed once per extractor)."""
+    """Features of the held-out split (computed once per extractor, batch by batch: only features are kept,
+    so a split of large images, e.g. CUB at 256x256, never sits in memory as a whole)."""
     if self._real_features is None or self._real_features[0] != extractor.name:
       from jaxcnn import data as data_lib
-      images = []
+      features = []
       for batch in data_lib.eval_iterator(self.config.data, global_batch_size=int(self.config.eval.batch_size),
                                           process_index=0, process_count=1):
-        images.append(np.asarray(batch["image"])[np.asarray(batch["mask"]) > 0])
-      self._real_features = (extractor.name, extractor.logits_and_features(np.concatenate(images))[1])
+        images = np.asarray(batch["image"])[np.asarray(batch["mask"]) > 0]
+        if len(images):
+          features.append(extractor.logits_and_features(images)[1])
+      self._real_features = (extractor.name, np.concatenate(features))
     return self._real_features[1]
 
   def sample_metrics(self, variables, n, rng):
@@ -446,7 +449,13 @@ class StackGAN(GAN):
     """Adds batch['embedding'] [B, D]: the label's vector, or one of the data's caption embeddings."""
     if self.sg.embedding == "label":
       return dict(batch, embedding=jnp.asarray(self.label_table)[batch["label"]])
+    if "embedding" not in batch:
+      raise UserError(f"stackgan.embedding='data' needs examples with an 'embedding' field (dataset cub_stackgan); "
+                      f"data.name='{self.config.data.name}' has none: use stackgan.embedding='label'")
     e = batch["embedding"]
+    if e.shape[-1] != int(self.sg.embed_dim):
+      raise UserError(f"the data's embeddings are {e.shape[-1]}-d but stackgan.embed_dim={self.sg.embed_dim}: "
+                      f"set stackgan.embed_dim={e.shape[-1]}")
     if e.ndim == 3:  # several captions per image: a random one when training (as the authors), the first otherwise
       if train:
         i = jax.random.randint(rng, (e.shape[0],), 0, e.shape[1])
