@@ -5,12 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from family_checks import check_bfloat16, check_bn_axis_name
-from fast_init import random_variables
+from model_checks import check_bfloat16, check_bn_axis_name, random_variables, train_losses
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.utils import abstract_variables, param_count
-from learning_check import train_losses
 
 # torchvision 0.29 parameter counts (1000 classes); densenet264 from its DenseNet(32, (6, 12, 64, 48), 64).
 TORCHVISION_COUNTS = {"densenet121": 7_978_856, "densenet161": 28_681_000, "densenet169": 14_149_480,

@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from family_checks import check_bfloat16
-from fast_init import random_variables
+from model_checks import check_bfloat16, random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.models.highway import HighwayConv

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_init import random_variables
-from fast_learning import Trainer
+from model_checks import Trainer, random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.layers import Conv
