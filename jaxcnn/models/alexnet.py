@@ -16,7 +16,16 @@ paper's 110-55-26-13-6 feature maps at 224x224. The same 6x6 adaptive pool and
 classifier as `alexnet`. The paper's renormalisation of first-layer filters
 whose RMS exceeds 0.1 is a training rule, not part of the model.
 
-Input sizes: these stems downsample by 32 with several unpadded pools, so the
+`alexnet_cifar`: the CIFAR AlexNet of bearpaw/pytorch-classification
+(`models/cifar/alexnet.py`, 2,472,266 parameters at 10 classes, the "2.47M"
+of its README): torchvision's five convolutions and widths with conv1 padded
+by 5 (11x11/4: 32 -> 8), 2x2/2 max-pools after conv1, conv2 and conv5
+(8 -> 4 -> 2 -> 1) and a single linear layer on the 256 channels; no LRN,
+no hidden fc layers. The last map is averaged over space (at 32x32 it is
+1x1, bearpaw's flatten), so inputs of 29x29 and up work. `dropout_rate`
+(default 0 here, as bearpaw's) acts before the linear layer.
+
+Input sizes: the ImageNet stems downsample by 32 with several unpadded pools, so the
 smallest inputs are 63x63 (alexnet) and 47x47 (zfnet); smaller ones (e.g.
 32x32 CIFAR images: upsample them) raise a UserError. Any larger size works:
 the adaptive pool maps the last feature map to 6x6. `classifier_width`
@@ -26,7 +35,7 @@ Backbone use: `return_features=True` returns a dict instead of logits, with
 'stage1'..'stage5' = the outputs of conv1..conv5 after ReLU (and LRN), before
 any pooling; strides 4, 8, 16, 16, 16 for alexnet and 2, 4, 8, 8, 8 for zfnet.
 
-Parameter names: `conv1`..`conv5`, `fc1`..`fc3`; `jaxcnn.convert.alexnet` maps
+Parameter names: `conv1`..`conv5`, `fc1`..`fc3` (alexnet_cifar: `fc`); `jaxcnn.convert.alexnet` maps
 torchvision's `features.{0,3,6,8,10}` / `classifier.{1,4,6}` onto them.
 Initialisation is torch's default for these layers (uniform +-1/sqrt(fan_in)
 kernels) with zero biases.
@@ -70,9 +79,12 @@ class _AlexNetBase(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  # (features, kernel, stride, padding) of conv1..conv5, and whether the pools round up.
+  # (features, kernel, stride, padding) of conv1..conv5, the max-pool window (stride 2)
+  # and whether the pools round up, and whether the head is one linear layer.
   convs = ()
+  pool_window = 3
   ceil_mode_pools = False
+  linear_head = False
   min_size = 0
 
   def __post_init__(self):
@@ -94,9 +106,13 @@ class _AlexNetBase(nn.Module):
         x = LocalResponseNorm(**PAPER_LRN, dtype=self.dtype)(x)
       features[f"stage{i}"] = x
       if i in (1, 2, 5):
-        x = max_pool(x, 3, 2, ceil_mode=self.ceil_mode_pools)
+        x = max_pool(x, self.pool_window, 2, ceil_mode=self.ceil_mode_pools)
     if self.return_features:
       return features
+    if self.linear_head:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(jnp.mean(x, axis=(1, 2)))
+      return nn.Dense(self.num_classes, kernel_init=torch_default_init, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="fc")(x)
     return classifier_head(self, x, train)
 
 
@@ -116,5 +132,17 @@ class ZFNet(_AlexNetBase):
   min_size = 47
 
 
+class AlexNetCIFAR(_AlexNetBase):
+  """bearpaw/pytorch-classification's CIFAR AlexNet: conv1 padded by 5, 2x2/2 pools, one linear layer."""
+  num_classes: int = 10
+  dropout_rate: float = 0.0
+  convs = (
+      (64, 11, 4, 5), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1))
+  pool_window = 2
+  linear_head = True
+  min_size = 29  # conv1 must leave 8x8 for the three 2x2 pools
+
+
 register_model("alexnet")(AlexNet)
 register_model("zfnet")(ZFNet)
+register_model("alexnet_cifar")(AlexNetCIFAR)

@@ -16,8 +16,12 @@ them in both directions:
   the block's second bottleneck (`fusion_block`).
 Two heads: average-pooled CNN features -> `conv_cls_head`, the final class
 token (LayerNorm) -> `trans_cls_head`. The model returns their sum, the
-authors' combined prediction; `return_heads=True` returns both (the authors
-train with the mean of the two heads' cross-entropies).
+authors' combined prediction; `return_heads=True` returns both, always.
+The authors train on the mean of the two heads' cross-entropies (their
+`engine.py`: `sum(criterion(o, y) / len(outputs) for o in outputs)`) and
+evaluate the sum: with `train_heads=True` the model returns
+`ConformerOutputs(conv_logits, trans_logits)` in training and the summed
+logits in eval, and the classification task trains on that mean.
 
 Registered: `conformer_tiny_patch16` (23,524,704 params at 1000 classes: the
 authors' "23.5M"), `conformer_small_patch16` (37,673,424: "37.7M"),
@@ -30,6 +34,7 @@ Parameter names follow the authors' code (`conv_1`, `trans_1`,
 `conv_trans_{i}/{cnn_block, fusion_block, squeeze_block, expand_block,
 trans_block}`, ...).
 """
+import collections
 import functools
 from typing import Any, Callable, Optional
 
@@ -43,6 +48,8 @@ from jaxcnn.models.vit import EncoderBlock
 from jaxcnn.registry import register_model
 
 ModuleDef = Callable[..., nn.Module]
+# Training output with `train_heads=True`: the task averages the two heads' losses (the authors' criterion).
+ConformerOutputs = collections.namedtuple("ConformerOutputs", ["conv_logits", "trans_logits"])
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal_(fan_out)
 dense_init = nn.initializers.truncated_normal(stddev=0.02)
@@ -173,6 +180,7 @@ class Conformer(nn.Module):
   stem: str = "imagenet"           # 'imagenet': 7x7/2 conv + 3x3/2 max-pool; 'cifar': 3x3/1 conv
   stem_width: int = 64
   return_heads: bool = False       # True: (conv_logits, trans_logits) instead of their sum
+  train_heads: bool = False        # True: ConformerOutputs(conv, trans) in training only (authors' loss)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
@@ -254,6 +262,8 @@ class Conformer(nn.Module):
                             param_dtype=self.param_dtype, name="trans_cls_head")(x_t[:, 0])
     if self.return_heads:
       return conv_logits, trans_logits
+    if self.train_heads and train:
+      return ConformerOutputs(conv_logits, trans_logits)
     return conv_logits + trans_logits
 
 

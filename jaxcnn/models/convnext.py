@@ -20,11 +20,20 @@ Registered (parameter counts at 1000 classes, equal to torchvision's):
   convnext_large depths 3-3-27-3, dims 192-384-768-1536  197,767,336
 `depths` and `dims` can be set for other sizes.
 
-Input sizes: 32x32 and up (total stride 32; at 32x32 the last stage is 1x1).
+`patch_size` (default 4, the paper's) is the stem's kernel and stride. For
+32x32 images a 4x4 patchify stem leaves a 1x1 last stage; `convnext_cifar`
+(10 classes) is the CIFAR-10 ConvNeXt of filipbasara0/simple-convnext: a 1x1
+stem (patch size 1: its README reports patch sizes 2 and 4 about 6 and 12
+points worse), depths 2-2-2-2, dims 64-128-256-512, no stochastic depth;
+6,378,378 parameters (the README's "6.4M"), last stage 4x4 at 32x32.
+
+Input sizes: 8 * patch_size and up (three 2x downsamplings after the stem;
+32x32 and up with the default 4).
 
 Backbone use: `return_features=True` returns {'stem', 'stage1'..'stage4'}:
 the normalised stem output (stride 4) and each stage's last block output
-(strides 4, 8, 16, 32), before any downsampling norm; no classifier is built.
+(strides 4, 8, 16, 32; with another `patch_size` p: p, p, 2p, 4p, 8p), before
+any downsampling norm; no classifier is built.
 
 Parameter names: `stem_conv`, `stem_norm`, `stage{s}_block{b}/{dwconv,norm,
 pwconv1,pwconv2,layer_scale}`, `downsample{s}_norm` / `downsample{s}_conv`
@@ -78,6 +87,7 @@ class ConvNeXt(nn.Module):
   """ConvNeXt with `depths[s]` blocks of width `dims[s]` in stage s (see module doc)."""
   depths: Sequence[int] = (3, 3, 9, 3)
   dims: Sequence[int] = (96, 192, 384, 768)
+  patch_size: int = 4              # stem kernel = stride; 1 or 2 for 32x32 images
   drop_path_rate: float = 0.1
   layer_scale_init: float = 1e-6
   return_features: bool = False
@@ -91,13 +101,16 @@ class ConvNeXt(nn.Module):
                       "of the same length (one entry per stage)")
     if any(int(d) < 1 for d in self.depths) or any(int(d) < 1 for d in self.dims):
       raise UserError(f"depths={tuple(self.depths)} and dims={tuple(self.dims)} must be positive")
+    if int(self.patch_size) < 1:
+      raise UserError(f"patch_size={self.patch_size} must be a positive stem stride (4: the paper; 1 or 2: CIFAR)")
     check_rate("drop_path_rate", self.drop_path_rate)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(Conv, kernel_init=kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-    x = conv(self.dims[0], (4, 4), 4, padding="VALID", name="stem_conv")(x)
+    p = int(self.patch_size)
+    x = conv(self.dims[0], (p, p), p, padding="VALID", name="stem_conv")(x)
     x = _layer_norm(self, "stem_norm")(x)
     features = {"stem": x}
     total, index = sum(self.depths), 0
@@ -128,6 +141,8 @@ def _register():
   }
   for name, kwargs in variants.items():
     register_model(name, **kwargs)(ConvNeXt)
+  register_model("convnext_cifar", depths=(2, 2, 2, 2), dims=(64, 128, 256, 512), patch_size=1,
+                 drop_path_rate=0.0, num_classes=10)(ConvNeXt)
 
 
 _register()

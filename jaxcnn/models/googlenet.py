@@ -18,9 +18,9 @@ torchvision's default): after inception 4a and 4d, adaptive average pooling
 to 4x4, conv1x1 to 128 (+BN-ReLU), fc1024-ReLU-dropout(0.7)-fc. They run
 only in training (and at init, to create their parameters); then
 `__call__` returns `GoogLeNetOutputs(logits, aux_logits2, aux_logits1)`,
-torchvision's order. The paper weights each auxiliary loss by 0.3; a task
-that does not unpack the tuple cannot train such a model. In eval the model
-returns plain logits either way.
+torchvision's order. The paper weights each auxiliary loss by 0.3: the
+classification task trains on main + `train.aux_loss_weight` (default 0.3)
+x (aux1 + aux2). In eval the model returns plain logits either way.
 
 `transform_input=True` maps inputs normalised with the ImageNet mean/std to
 the (x - 0.5) / 0.5 normalisation the original weights expect (torchvision

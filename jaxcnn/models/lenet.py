@@ -32,7 +32,9 @@ pull. On sklearn digits upsampled to 32x32 and standardised (300 Adam steps of
 `lenet5_modern` is the version of today's tutorials: ReLU, 2x2 max-pooling,
 C3 fully connected, C5 and F6 as Dense layers after flattening (so 28x28 MNIST
 and 32x32 both work; C1 pads by 2 so 28x28 inputs give S4 the paper's 5x5),
-and a linear head.
+and a linear head. `c1_padding=0` gives 32x32 inputs the paper's 5x5 S4
+instead: registered as `lenet5_cifar` (3 channels in, 10 classes: 62,006
+parameters, the LeNet of kuangliu/pytorch-cifar `models/lenet.py`).
 
 Logits: the RBF head's are always float32 (a squared distance over 84 units
 needs more than bfloat16's 8 mantissa bits); the linear heads' are in the
@@ -181,16 +183,25 @@ class LeNet5(nn.Module):
 class LeNet5Modern(nn.Module):
   """LeNet-5 as written today: ReLU, max-pool, dense C3, Dense C5/F6/head; 28x28 or 32x32."""
   num_classes: int = 10
+  c1_padding: int = 2              # 2: 28x28 inputs reach S4 at 5x5; 0: 32x32 inputs do (the paper's geometry)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    if not 0 <= int(self.c1_padding) <= 2:
+      raise UserError(f"c1_padding={self.c1_padding} must be 0, 1 or 2 (2: 28x28 inputs, 0: 32x32 as the paper)")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if x.ndim != 4 or min(x.shape[1:3]) < 12:
-      raise UserError(f"lenet5_modern needs NHWC inputs of at least 12x12, got shape {tuple(x.shape)}")
+    smallest = 16 - 2 * self.c1_padding  # C1 5x5, pool, C3 5x5, pool must leave at least 1x1
+    if x.ndim != 4 or min(x.shape[1:3]) < smallest:
+      raise UserError(f"lenet5_modern with c1_padding={self.c1_padding} needs NHWC inputs of at least "
+                      f"{smallest}x{smallest}, got shape {tuple(x.shape)}")
     layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.asarray(x, self.dtype)
-    x = nn.relu(Conv(6, (5, 5), padding=((2, 2), (2, 2)), name="C1", **layer)(x))
+    pad = int(self.c1_padding)
+    x = nn.relu(Conv(6, (5, 5), padding=((pad, pad), (pad, pad)), name="C1", **layer)(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(Conv(16, (5, 5), padding="VALID", name="C3", **layer)(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -202,3 +213,4 @@ class LeNet5Modern(nn.Module):
 
 register_model("lenet5")(LeNet5)
 register_model("lenet5_modern")(LeNet5Modern)
+register_model("lenet5_cifar", c1_padding=0)(LeNet5Modern)

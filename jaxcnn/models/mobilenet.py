@@ -20,13 +20,24 @@ dropout 0.2 and the classifier; ReLU6 throughout. `width_mult` scales every
 layer's channels, rounded to multiples of `round_nearest` (8) as torchvision
 does (the last conv is never thinned below 1280).
 
+`cifar_stem=True` (registered as `mobilenet_v2_cifar`, 10 classes, no
+dropout): the CIFAR layout of kuangliu/pytorch-cifar (`models/mobilenetv2.py`):
+the stem conv and the first block of the 24-channel stage use stride 1
+instead of 2, so a 32x32 image keeps 32x32 through the first two stages and
+ends at 4x4 (total stride 8). The blocks stay torchvision's; kuangliu's
+also add a 1x1 conv-BN projection shortcut wherever a stride-1 block changes
+the width and an expansion conv in the t=1 block, which the paper and
+torchvision do not have, so the counts differ: 2,236,682 parameters here
+at 10 classes (the stride change adds none).
+
 Input sizes: both run on 32x32 (the last map is 1x1) and 224x224, and any
 size in between or above.
 
 Backbone use: `return_features=True` returns {'stem', 'stage1'..'stage5'}:
 the stem conv output (stride 2) and the output of the last block at each
 stride 2, 4, 8, 16, 32 (v2: 16, 24, 32, 96, 320 channels; v1: 64, 128,
-256, 512, 1024 times alpha). The v2 head conv (to 1280) belongs to the
+256, 512, 1024 times alpha). With `cifar_stem` the stem is at stride 1
+and 'stage1'..'stage4' (24, 32, 96, 320 channels) at strides 1, 2, 4, 8. The v2 head conv (to 1280) belongs to the
 classifier and is skipped.
 
 Parameter names: v1 `stem`, `block{i}/{depthwise,pointwise}`, `classifier`;
@@ -53,6 +64,8 @@ V1_LAYERS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
 # MobileNet v2 (paper Table 2): expansion t, channels c, repeats n, first stride s.
 V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+# kuangliu/pytorch-cifar's CIFAR change: the 24-channel stage keeps the resolution (with a stride-1 stem).
+V2_CIFAR_SETTING = V2_SETTING[:1] + ((6, 24, 2, 1),) + V2_SETTING[2:]
 
 
 def make_divisible(value: float, divisor: int) -> int:
@@ -147,6 +160,7 @@ class MobileNetV2(nn.Module):
   width_mult: float = 1.0
   round_nearest: int = 8
   dropout_rate: float = 0.2
+  cifar_stem: bool = False         # True: stride-1 stem and 24-channel stage (kuangliu's CIFAR layout)
   return_features: bool = False
   num_classes: int = 1000
   dtype: Any = jnp.float32
@@ -165,14 +179,15 @@ class MobileNetV2(nn.Module):
   def __call__(self, x, train: bool = False):
     unit, linear_unit = _unit(self, nn.relu6), _unit(self, None)
     channels = functools.partial(make_divisible, divisor=self.round_nearest)
-    x = unit(channels(32 * self.width_mult), 3, 2, name="stem")(x, train)
+    setting = V2_CIFAR_SETTING if self.cifar_stem else V2_SETTING
+    x = unit(channels(32 * self.width_mult), 3, 1 if self.cifar_stem else 2, name="stem")(x, train)
     features, index = {"stem": x}, 0
-    for stage, (t, c, n, s) in enumerate(V2_SETTING):
+    for stage, (t, c, n, s) in enumerate(setting):
       for j in range(n):
         index += 1
         x = InvertedResidual(channels(c * self.width_mult), s if j == 0 else 1, t, unit, linear_unit,
                              name=f"block{index}")(x, train)
-      next_stride = V2_SETTING[stage + 1][3] if stage + 1 < len(V2_SETTING) else 2
+      next_stride = setting[stage + 1][3] if stage + 1 < len(setting) else 2
       if next_stride == 2:  # the last block at this stride
         features[f"stage{len(features)}"] = x
     if self.return_features:
@@ -183,3 +198,4 @@ class MobileNetV2(nn.Module):
 
 register_model("mobilenet_v1")(MobileNetV1)
 register_model("mobilenet_v2")(MobileNetV2)
+register_model("mobilenet_v2_cifar", cifar_stem=True, dropout_rate=0.0, num_classes=10)(MobileNetV2)

@@ -15,10 +15,20 @@ the adaptive pool repeats it to 7x7, exactly as torchvision does, so CIFAR
 images run through the unchanged ImageNet classifier. `classifier_width`
 (default 4096) sets the hidden fc width for smaller variants.
 
+CIFAR variants (`cifar_head=True`; registered `vgg11_bn_cifar` .. `vgg19_bn_cifar`,
+10 classes): the head of the common CIFAR VGG (kuangliu/pytorch-cifar
+`models/vgg.py`): the last 512-channel map (1x1 at 32x32) goes straight
+into one linear layer to the classes, no hidden fc layers and no dropout.
+Here the map is averaged over space first, which at 32x32 is kuangliu's
+flatten and lets other sizes run too. vgg16_bn_cifar has 14,728,266
+parameters, kuangliu's VGG16 exactly (conv-BN-ReLU with conv biases, as here),
+and vgg19_bn_cifar 20,040,522, the "20.04M" of bearpaw/pytorch-classification.
+
 Backbone use: `return_features=True` returns {'stage1'..'stage5'}: each
 block's last ReLU output before its max-pool (strides 1, 2, 4, 8, 16).
 
-Parameter names: `block{b}_conv{i}` / `block{b}_bn{i}` (both from 1), `fc1`..`fc3`;
+Parameter names: `block{b}_conv{i}` / `block{b}_bn{i}` (both from 1), `fc1`..`fc3`
+(the CIFAR head: `fc`);
 `jaxcnn.convert.vgg` maps torchvision's `features.<n>` / `classifier.{0,3,6}`.
 Initialisation follows torchvision: Kaiming-normal (fan_out) convolutions,
 N(0, 0.01) linear layers, zero biases.
@@ -47,6 +57,7 @@ class VGG(nn.Module):
   batch_norm: bool = False
   dropout_rate: float = 0.5
   classifier_width: int = 4096
+  cifar_head: bool = False         # True: global average pool + one linear layer (kuangliu's CIFAR VGG)
   return_features: bool = False
   num_classes: int = 1000
   dtype: Any = jnp.float32
@@ -83,9 +94,11 @@ class VGG(nn.Module):
     return self._classifier(x, train)
 
   def _classifier(self, x, train: bool):
-    x = adaptive_avg_pool(x, 7).reshape(x.shape[0], -1)
     dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype,
                               param_dtype=self.param_dtype)
+    if self.cifar_head:
+      return dense(self.num_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
+    x = adaptive_avg_pool(x, 7).reshape(x.shape[0], -1)
     for i in (1, 2):
       x = nn.relu(dense(self.classifier_width, name=f"fc{i}")(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -95,3 +108,5 @@ class VGG(nn.Module):
 for _depth, _sizes in CONFIGS.items():
   register_model(f"vgg{_depth}", stage_sizes=_sizes)(VGG)
   register_model(f"vgg{_depth}_bn", stage_sizes=_sizes, batch_norm=True)(VGG)
+  register_model(f"vgg{_depth}_bn_cifar", stage_sizes=_sizes, batch_norm=True, cifar_head=True,
+                 num_classes=10)(VGG)

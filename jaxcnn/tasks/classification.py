@@ -1,9 +1,22 @@
-"""Image classification: softmax cross-entropy with label smoothing, accuracy (top-1/top-5)."""
+"""Image classification: softmax cross-entropy with label smoothing, accuracy (top-1/top-5).
+
+Models with several heads in training are trained as their papers do; eval
+always sees the model's single logits array:
+* GoogLeNet with `aux_logits=True` returns (logits, aux2, aux1) in training:
+  loss = main + `train.aux_loss_weight` x (aux1 + aux2), default 0.3
+  (Szegedy et al. 2015, sec. 5: "the losses of the auxiliary classifiers
+  were weighted by 0.3").
+* Conformer with `train_heads=True` returns (conv_logits, trans_logits):
+  loss = the mean of the two heads' losses (the authors' `engine.py`);
+  the train accuracy is that of their sum, the authors' prediction.
+"""
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxcnn.errors import UserError, unknown
+from jaxcnn.models.conformer import ConformerOutputs
+from jaxcnn.models.googlenet import GoogLeNetOutputs
 from jaxcnn.models.lenet import rbf_map_loss
 from jaxcnn.registry import create_model
 from jaxcnn.tasks.base import Task, model_kwargs
@@ -24,6 +37,9 @@ class Classification(Task):
     mixing = config.train.get("mixup_alpha", 0) > 0 or config.train.get("cutmix_alpha", 0) > 0
     if self.loss_name == "rbf_map" and (mixing or config.train.label_smoothing > 0):
       raise UserError("train.loss='rbf_map' takes hard labels: set train.label_smoothing, mixup_alpha and cutmix_alpha to 0")
+    self.aux_loss_weight = float(config.train.get("aux_loss_weight", 0.3))
+    if self.aux_loss_weight < 0:
+      raise UserError(f"train.aux_loss_weight={self.aux_loss_weight} must be >= 0 (0.3: GoogLeNet's paper)")
     self.model = create_model(config.model.name,
                               **model_kwargs(config.model, config.train, axis_name,
                                              num_classes=self.num_classes))
@@ -38,16 +54,33 @@ class Classification(Task):
     labels = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes),
                                  float(self.config.train.label_smoothing))
     images, labels = mix_batch(mix_rng, batch["image"], labels, self.config.train)
-    logits, new_state = self.model.apply(
+    outputs, new_state = self.model.apply(
         {"params": params, **model_state}, images, train=True,
         rngs={"dropout": dropout_rng, "drop_path": drop_path_rng}, mutable=list(model_state))
-    logits = logits.astype(jnp.float32)  # the loss is always computed in float32
-    if self.loss_name == "rbf_map":  # LeNet-5's own criterion (its eq. 9) for the RBF head's logits
-      loss = rbf_map_loss(logits, batch["label"]).mean()
-    else:
-      loss = optax.softmax_cross_entropy(logits, labels).mean()
+    loss, logits, metrics = self.training_loss(outputs, labels, batch["label"])
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return loss, (new_state, {"train/loss": loss, "train/accuracy": accuracy})
+    return loss, (new_state, {"train/loss": loss, "train/accuracy": accuracy, **metrics})
+
+  def criterion(self, logits, labels, hard_labels):
+    """Mean loss of one head's logits (always computed in float32)."""
+    logits = logits.astype(jnp.float32)
+    if self.loss_name == "rbf_map":  # LeNet-5's own criterion (its eq. 9) for the RBF head's logits
+      return rbf_map_loss(logits, hard_labels).mean()
+    return optax.softmax_cross_entropy(logits, labels).mean()
+
+  def training_loss(self, outputs, labels, hard_labels):
+    """(loss, logits for the train accuracy, extra metrics) of the model's training output."""
+    if isinstance(outputs, GoogLeNetOutputs):
+      main = self.criterion(outputs.logits, labels, hard_labels)
+      aux = (self.criterion(outputs.aux_logits1, labels, hard_labels)
+             + self.criterion(outputs.aux_logits2, labels, hard_labels))
+      return main + self.aux_loss_weight * aux, outputs.logits, {"train/main_loss": main, "train/aux_loss": aux}
+    if isinstance(outputs, ConformerOutputs):
+      conv = self.criterion(outputs.conv_logits, labels, hard_labels)
+      trans = self.criterion(outputs.trans_logits, labels, hard_labels)
+      logits = outputs.conv_logits.astype(jnp.float32) + outputs.trans_logits.astype(jnp.float32)
+      return (conv + trans) / 2, logits, {"train/conv_loss": conv, "train/trans_loss": trans}
+    return self.criterion(outputs, labels, hard_labels), outputs.astype(jnp.float32), {}
 
   def eval_step(self, variables, batch):
     logits = self.model.apply(variables, batch["image"], train=False).astype(jnp.float32)
