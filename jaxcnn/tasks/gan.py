@@ -33,7 +33,11 @@ Evaluation: `eval_step` reports D's mean probability on held-out real images
 reports `eval/fid` against the held-out split, `eval/inception_score`,
 `eval/fid_extractor` (which classifier gave the features, see
 `jaxcnn.eval.extractor`) and, for conditional models, `eval/cond_accuracy`:
-the fraction of samples that classifier assigns to the class asked for. It
+the fraction of samples that classifier assigns to the class asked for. The
+classifier looks at images of at most 32x32 (it resizes larger ones itself), so
+for larger images it is trained on the 32x32 version of the data: the training
+split of a 256x256 dataset never has to be held in memory, and the two StackGAN
+stages of one dataset share one extractor (their scores are comparable). It
 also writes `plots/samples_step<N>.png` from fixed latent vectors (one class per
 row when conditional).
 
@@ -55,6 +59,7 @@ StackGAN (Zhang et al. 2017) adds, per stage:
     with its BatchNorm running statistics) in `model_state['stage1']`, so a
     Stage-II checkpoint is complete on its own.
 """
+import copy
 import json
 import logging
 import os
@@ -74,6 +79,7 @@ from jaxcnn.tasks.base import Task, model_kwargs
 log = logging.getLogger("jaxcnn")
 
 LOSSES = ("non_saturating", "minimax", "hinge", "least_squares")
+EXTRACTOR_MAX_SIZE = 32   # the extractor's own input size (jaxcnn.eval.extractor.LeNetFeatures)
 NETS = ("generator", "discriminator")
 
 
@@ -346,7 +352,7 @@ class GAN(Task):
     from jaxcnn.eval import extractor as extractor_lib
     from jaxcnn.eval import fid as fid_lib
     images, conditions = self.generated(variables, n, rng)
-    extractor = extractor_lib.get_extractor(self.config.data)
+    extractor = extractor_lib.get_extractor(self.extractor_data_config())
     logits, features = extractor.logits_and_features(images)
     metrics = {"eval/fid": fid_lib.fid(self.real_features(extractor), features),
                "eval/inception_score": fid_lib.inception_score(logits, splits=1)[0],
@@ -354,6 +360,13 @@ class GAN(Task):
     if self.has_class_condition:
       metrics["eval/cond_accuracy"] = float(np.mean(np.argmax(logits, -1) == conditions["label"]))
     return metrics
+
+  def extractor_data_config(self):
+    """The data config the feature extractor is trained on: the run's, at no more than 32x32 (see module doc)."""
+    data_cfg = copy.deepcopy(self.config.data)
+    if self.image_size > EXTRACTOR_MAX_SIZE:
+      data_cfg.image_size = EXTRACTOR_MAX_SIZE
+    return data_cfg
 
   @property
   def has_class_condition(self) -> bool:

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from experiments import run
+from experiments.configs import get_experiment
 from jaxcnn import data as data_lib
 from jaxcnn.data import embeddings
 from jaxcnn.errors import UserError
+from jaxcnn.tasks import get_task
 from jaxcnn.train.writers import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -179,6 +181,16 @@ def test_stage2_refines_the_trained_stage1(birds, stage1, tmp_path):
                               checkpoint_state(stage1_dir)["params"]["generator"])
   assert os.path.exists(os.path.join(workdir, "plots", "samples_step000002.png"))
   assert os.path.exists(os.path.join(workdir, "plots", "samples_stage1_step000002.png"))
+
+
+@pytest.mark.parametrize("size, extractor_size", [(8, 8), (32, 32), (64, 32), (256, 32)])
+def test_feature_extractor_sees_at_most_32x32(size, extractor_size):
+  """Above 32x32 the extractor (which resizes to 32 itself) trains on the 32x32 data: no 256x256 split in memory."""
+  config = get_experiment("stackgan_cub")[0]
+  config.data.image_size = size
+  task = get_task(config, data_lib.dataset_info("cub_stackgan"))
+  assert task.extractor_data_config().image_size == extractor_size
+  assert config.data.image_size == size          # the run's own config is left alone
 
 
 def test_without_data_dir_the_error_names_the_setting(tmp_path):
