@@ -24,4 +24,5 @@ def get_config():
   c.data.image_size = 256
   c.stackgan.uncond_coeff = 1.0
   c.stackgan.stage1_workdir = "workdirs/stackgan_cub"
+  c.eval.batch_size = 128          # 256x256 images: 512 of them would be 400 MB per batch
   return c
