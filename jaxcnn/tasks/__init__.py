@@ -10,6 +10,7 @@ _TASKS = {
     "vae": "jaxcnn.tasks.vae:VAE",
     "gan": "jaxcnn.tasks.gan:GAN",
     "stackgan": "jaxcnn.tasks.gan:StackGAN",
+    "stackganpp": "jaxcnn.tasks.stackgan_v2:StackGANpp",
 }
 
 
