@@ -1,11 +1,12 @@
 """JAX (jaxcnn.bench, the trainer's real train step) against PyTorch on the same machine, in one run.
 
     python benchmarks/compare.py [--models=resnet18_cifar,resnet50,mobilenet_v2,vit_tiny_patch4_32]
-        [--rounds=3] [--steps=5] [--warmup=1] [--no-baseline]
+        [--rounds=3] [--steps=5] [--warmup=1] [--no-baseline] [--rewrite]
 
 For each model it alternates, round by round, separate processes of
-  jax       python -m jaxcnn.bench ...                  (CPU convolutions on, the default)
-  baseline  JAXCNN_CPU_CONV=0 python -m jaxcnn.bench ... (plain XLA convolutions)
+  jax       python -m jaxcnn.bench ...                    (the default: oneDNN, else the XLA rewrites)
+  rewrite   JAXCNN_CPU_CONV=xla python -m jaxcnn.bench ... (only with --rewrite: the pure-XLA rewrites)
+  baseline  JAXCNN_CPU_CONV=0 python -m jaxcnn.bench ...   (plain XLA convolutions)
   torch     python benchmarks/torch_reference.py ...    (same architecture, channels_last, 2 threads)
 so all three see the same machine load, and prints the medians and the ratios
 (JAX images/s / PyTorch images/s; >= 1.0 means JAX is at least as fast).
@@ -39,7 +40,7 @@ def _command(kind, model, shape, steps, warmup):
 
 def run_one(kind, model, shape, steps, warmup) -> dict:
   env = dict(os.environ)
-  env["JAXCNN_CPU_CONV"] = "0" if kind == "baseline" else "1"
+  env["JAXCNN_CPU_CONV"] = {"baseline": "0", "rewrite": "xla"}.get(kind, "1")
   out = subprocess.run(_command(kind, model, shape, steps, warmup), cwd=ROOT, env=env,
                        capture_output=True, text=True)
   if out.returncode != 0:
@@ -75,21 +76,22 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--no-baseline", action="store_true", help="skip the JAXCNN_CPU_CONV=0 runs")
+  p.add_argument("--rewrite", action="store_true", help="also run JAXCNN_CPU_CONV=xla (no oneDNN)")
   args = p.parse_args(argv)
   models = [m for m in args.models.split(",") if m]
   unknown = [m for m in models if m not in MODELS]
   if unknown:
     print(f"error: unknown models {unknown}; known: {sorted(MODELS)}", file=sys.stderr)
     return 2
-  kinds = ["jax", "torch"] if args.no_baseline else ["jax", "baseline", "torch"]
+  kinds = ["jax"] + (["rewrite"] if args.rewrite else []) + ([] if args.no_baseline else ["baseline"]) + ["torch"]
   rows = [compare(m, args.rounds, args.steps, args.warmup, kinds) for m in models]
-  print(f"{'model':20s} {'batch':>5s} {'size':>4s} {'jax img/s':>10s} {'baseline':>9s} {'torch':>9s} "
-        f"{'jax/torch':>9s} {'base/torch':>10s}")
+  ours = [k for k in kinds if k != "torch"]
+  print(f"{'model':20s} {'batch':>5s} {'size':>4s} " + " ".join(f"{k:>9s}" for k in kinds) + " "
+        + " ".join(f"{k + '/torch':>14s}" for k in ours) + "   (images/s; ratios: median of per-round ratios)")
   for row in rows:
-    base = row.get("baseline_images_per_s", float("nan"))
-    print(f"{row['model']:20s} {row['batch']:5d} {row['image_size']:4d} {row['jax_images_per_s']:10.2f} "
-          f"{base:9.2f} {row['torch_images_per_s']:9.2f} {row['ratio_jax_vs_torch']:9.3f} "
-          f"{row.get('ratio_baseline_vs_torch', float('nan')):10.3f}")
+    print(f"{row['model']:20s} {row['batch']:5d} {row['image_size']:4d} "
+          + " ".join(f"{row[f'{k}_images_per_s']:9.2f}" for k in kinds) + " "
+          + " ".join(f"{row[f'ratio_{k}_vs_torch_per_round']:14.3f}" for k in ours))
   print(json.dumps({"rows": rows}))
   return 0
 

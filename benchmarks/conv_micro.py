@@ -3,9 +3,11 @@
     python benchmarks/conv_micro.py [--rounds=5] [--layers=r18_3x3,mbv2_dw_s2,...] [--no-torch]
 
 For each layer of the target models (ResNet-18 CIFAR, ResNet-50, MobileNetV2,
-ViT patch embedding, a DCGAN transposed convolution) it times three
+ViT patch embedding, a DCGAN transposed convolution) it times these
 implementations: `xla` (plain `lax.conv_general_dilated` / `lax.conv_transpose`),
-`jaxcnn` (`jaxcnn.layers.conv`, the CPU formulations) and `torch`
+`rewrite` (`cpu_conv`'s pure-XLA formulations, `JAXCNN_CPU_CONV=xla`), `onednn`
+(`jaxcnn.layers.onednn.conv`, not for transposed layers), `jaxcnn`
+(`jaxcnn.layers.conv` as configured, by default oneDNN where it applies) and `torch`
 (`torch.nn.functional.conv2d` / `conv_transpose2d` on channels_last tensors,
 backward through `aten.convolution_backward`, 2 threads). JAX and PyTorch run in
 two worker processes that take turns, one timed call at a time, so both see the
@@ -53,8 +55,9 @@ class JaxWorker:
     import jax.numpy as jnp
     from jax import lax
 
-    from jaxcnn.layers import conv, cpu_conv
+    from jaxcnn.layers import conv, cpu_conv, onednn
     self.jax, self.jnp, self.lax, self.conv, self.cpu_conv = jax, jnp, lax, conv, cpu_conv
+    self.onednn = onednn if onednn.available() else None
     self.cache = {}
 
   def _conv_fns(self, spec):
@@ -64,6 +67,7 @@ class JaxWorker:
       pads = cpu_conv.transpose_pads((k, k), (s, s), "SAME", (1, 1))
       xla = lambda x, w: lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=cpu_conv.NHWC)
       ours = lambda x, w: cpu_conv.conv_transpose_nhwc(x, w, (s, s), pads)
+      fns = {"xla": xla, "rewrite": ours, "jaxcnn": ours}
       w_shape = (k, k, cin, cout)
     else:
       p = _padding(k, s)
@@ -71,11 +75,15 @@ class JaxWorker:
       kw = dict(dimension_numbers=cpu_conv.NHWC, feature_group_count=groups)
       xla = lambda x, w: lax.conv_general_dilated(x, w, (s, s), pad, **kw)
       ours = lambda x, w: conv.conv_general_dilated(x, w, (s, s), pad, **kw)
+      rewrite = lambda x, w: cpu_conv.conv_nhwc_xla(x, w, (s, s), pad, feature_group_count=groups)
+      fns = {"xla": xla, "rewrite": rewrite, "jaxcnn": ours}
+      if self.onednn is not None:
+        fns["onednn"] = lambda x, w: self.onednn.conv(x, w, (s, s), pad, (1, 1), groups)
       w_shape = (k, k, cin // groups, cout)
     key = self.jax.random.PRNGKey(0)
     x = self.jax.random.normal(key, (n, size, size, cin), jnp.float32)
     w = self.jax.random.normal(key, w_shape, jnp.float32) * 0.05
-    return {"xla": xla, "jaxcnn": ours}, x, w
+    return fns, x, w
 
   def prepare(self, name):
     jax = self.jax
@@ -148,7 +156,8 @@ def worker_main(kind):
       worker.prepare(request["layer"])
       reply = {"ok": True}
     else:
-      reply = {"s": worker.time(request["layer"], request["impl"], request["op"])}
+      key = (request["layer"], request["impl"], request["op"])
+      reply = {"s": worker.time(*key)} if key in worker.cache else {"missing": True}
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
 
@@ -189,7 +198,7 @@ def main(argv=None):
     print(f"error: unknown layers {unknown}; known: {sorted(LAYERS)}", file=sys.stderr)
     return 2
   clients = {"jax": Client("jax")}
-  impls = [("jax", "xla"), ("jax", "jaxcnn")]
+  impls = [("jax", "xla"), ("jax", "rewrite"), ("jax", "onednn"), ("jax", "jaxcnn")]
   if not args.no_torch:
     clients["torch"] = Client("torch")
     impls.append(("torch", "torch"))
@@ -198,11 +207,15 @@ def main(argv=None):
     for name in names:
       for client in clients.values():
         client.ask(cmd="prepare", layer=name)
-      times = {(impl, op): [] for _, impl in impls for op in OPS}
+      layer_impls = [(kind, impl) for kind, impl in impls if impl != "onednn" or not LAYERS[name][7]]
+      times = {(impl, op): [] for _, impl in layer_impls for op in OPS}
       for _ in range(args.rounds):
         for op in OPS:
-          for kind, impl in impls:
-            times[(impl, op)].append(clients[kind].ask(cmd="time", layer=name, impl=impl, op=op)["s"])
+          for kind, impl in layer_impls:
+            reply = clients[kind].ask(cmd="time", layer=name, impl=impl, op=op)
+            if "s" in reply:
+              times[(impl, op)].append(reply["s"])
+      times = {key: v for key, v in times.items() if v}
       med = {f"{impl}_{op}_ms": round(statistics.median(v) * 1e3, 2) for (impl, op), v in times.items()}
       row = {"layer": name, "shape": LAYERS[name], **med}
       print(json.dumps(row), flush=True)
@@ -210,13 +223,13 @@ def main(argv=None):
   finally:
     for client in clients.values():
       client.close()
-  print(f"\n{'layer':22s} {'op':4s} {'xla':>9s} {'jaxcnn':>9s} {'torch':>9s} {'xla/jaxcnn':>10s} {'vs torch':>9s}")
+  names = ("xla", "rewrite", "onednn", "jaxcnn", "torch")
+  print(f"\n{'layer':22s} {'op':4s} " + " ".join(f"{n:>8s}" for n in names) + f" {'xla/jaxcnn':>10s} {'vs torch':>9s}")
   for row in rows:
     for op in OPS:
-      xla, ours = row[f"xla_{op}_ms"], row[f"jaxcnn_{op}_ms"]
-      torch_ms = row.get(f"torch_{op}_ms", float("nan"))
-      print(f"{row['layer']:22s} {op:4s} {xla:9.2f} {ours:9.2f} {torch_ms:9.2f} {xla / ours:10.2f} "
-            f"{torch_ms / ours:9.2f}")
+      ms = [row.get(f"{n}_{op}_ms", float("nan")) for n in names]
+      print(f"{row['layer']:22s} {op:4s} " + " ".join(f"{v:8.2f}" for v in ms)
+            + f" {ms[0] / ms[3]:10.2f} {ms[4] / ms[3]:9.2f}")
   return 0
 
 

@@ -28,10 +28,14 @@ same arithmetic (no approximation; only the summation order changes):
   convolutions keep XLA's forward and input gradient; the kernel gradient is
   computed per output phase (sub-pixel), one `weight_grad` per phase.
 
-The rewrites run only when `enabled()`: the default backend is CPU and the
-environment variable `JAXCNN_CPU_CONV` is not `0`/`false`/`off`/`no`. GPU and
-TPU programs are untouched. The choice is made when a function is traced, so
-set the variable before the first `jit` of a model. The `custom_vjp`s are
+Ahead of all of these, float32 convolutions go to oneDNN (the library
+PyTorch runs on CPU) through an XLA FFI custom call, `jaxcnn.layers.onednn`,
+when its extension can be built and loaded; otherwise the XLA rewrites above.
+
+The choice comes from `mode()`, read when a function is traced (set the
+variable before the first `jit` of a model): on a CPU default backend,
+`JAXCNN_CPU_CONV` unset or `1`/`onednn` gives 'onednn', `xla` the rewrites
+only, `0`/`false`/`off`/`no` plain `lax`. GPU and TPU programs are untouched. The `custom_vjp`s are
 reverse-mode only (`jax.jvp`/`jacfwd` through them raise); set
 `JAXCNN_CPU_CONV=0` for forward-mode differentiation on CPU.
 """
@@ -44,6 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxcnn.errors import UserError
+from jaxcnn.layers import onednn
+
 ENV_VAR = "JAXCNN_CPU_CONV"
 NHWC = ("NHWC", "HWIO", "NHWC")
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
@@ -52,11 +59,23 @@ _FLOAT_TYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 
 
+_MODES = {"0": "off", "false": "off", "off": "off", "no": "off", "xla": "xla", "1": "onednn",
+          "onednn": "onednn", "": "onednn"}
+
+
+def mode() -> str:
+  """'off' (plain lax), 'xla' (this module's rewrites) or 'onednn' (oneDNN first), for a trace now."""
+  if jax.default_backend() != "cpu":
+    return "off"
+  value = os.environ.get(ENV_VAR, "1").strip().lower()
+  if value not in _MODES:
+    raise UserError(f"{ENV_VAR}={value!r} is not one of 1/onednn, xla, 0/off")
+  return _MODES[value]
+
+
 def enabled() -> bool:
   """True when convolutions traced now should use the CPU formulations."""
-  if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "off", "no"):
-    return False
-  return jax.default_backend() == "cpu"
+  return mode() != "off"
 
 
 def is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
@@ -369,7 +388,22 @@ conv_fast_weight_grad.defvjp(_conv_fwd, _conv_bwd)
 
 def conv_nhwc(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_count=1, precision=None,
               preferred_element_type=None):
-  """The CPU formulation of an NHWC/HWIO convolution with explicit padding (no input dilation)."""
+  """The CPU formulation of an NHWC/HWIO convolution with explicit padding (no input dilation).
+
+  oneDNN in mode 'onednn' when it takes these operands and its extension
+  loads, else `conv_nhwc_xla`.
+  """
+  strides, rhs_dilation, pads = tuple(strides), tuple(rhs_dilation), tuple(map(tuple, pads))
+  if (mode() == "onednn" and onednn.supports(x, w, pads, feature_group_count, preferred_element_type)
+      and onednn.available()):
+    return onednn.conv(x, w, strides, pads, rhs_dilation, feature_group_count)
+  return conv_nhwc_xla(x, w, strides, pads, rhs_dilation, feature_group_count, precision,
+                       preferred_element_type)
+
+
+def conv_nhwc_xla(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_count=1, precision=None,
+                  preferred_element_type=None):
+  """`conv_nhwc` in XLA alone: matmul, depthwise or fast-kernel-gradient rewrite."""
   strides, rhs_dilation = tuple(strides), tuple(rhs_dilation)
   if feature_group_count == 1 and is_pointwise(w.shape[:2], strides, pads, rhs_dilation):
     return pointwise_conv(x, w, strides, precision, preferred_element_type)

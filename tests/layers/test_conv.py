@@ -1,4 +1,9 @@
-"""jaxcnn's CPU convolutions against plain `lax.conv_general_dilated`: forward and both gradients."""
+"""jaxcnn's XLA CPU formulations against plain `lax.conv_general_dilated`: forward and both gradients.
+
+Every test here runs with `JAXCNN_CPU_CONV=xla` (the pure-XLA rewrites of
+`cpu_conv`); the oneDNN path, the default when available, is tested in
+test_onednn.py.
+"""
 import chex
 import flax.linen as nn
 import jax
@@ -13,6 +18,11 @@ DN = ("NHWC", "HWIO", "NHWC")
 # Relative to the largest magnitude of each result: float32 only reorders sums;
 # bfloat16 results are rounded once from float32 accumulations on both sides.
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _xla_formulations(monkeypatch):
+  monkeypatch.setenv(cpu_conv.ENV_VAR, "xla")
 
 
 def _inputs(x_shape, w_shape, dtype, seed=0):

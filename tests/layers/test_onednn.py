@@ -1,0 +1,137 @@
+"""The oneDNN convolution custom calls against `lax.conv_general_dilated`, and the fallback without them."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn.layers import conv_general_dilated, cpu_conv, onednn
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN extension not available here")
+
+
+def _reference(x, w, strides, pads, dilation, groups):
+  return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=DN,
+                                  feature_group_count=groups, precision=lax.Precision.HIGHEST)
+
+
+def _value_and_grads(fn, x, w, dy_key):
+  y, vjp = jax.vjp(fn, x, w)
+  return (y, *vjp(jax.random.normal(dy_key, y.shape, y.dtype)))
+
+
+CASES = [
+    # x shape, w shape (HWIO), strides, (low, high) pads, dilation, groups
+    ((2, 9, 9, 5), (3, 3, 5, 7), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    ((2, 11, 10, 6), (3, 3, 6, 8), (2, 2), ((1, 0), (2, 1)), (1, 1), 1),    # strided, asymmetric pads
+    ((2, 10, 10, 4), (3, 2, 4, 6), (3, 1), ((0, 2), (0, 0)), (1, 1), 1),    # odd strides and kernel
+    ((1, 12, 12, 6), (3, 3, 2, 6), (1, 1), ((2, 2), (2, 2)), (2, 2), 3),    # grouped, dilated
+    ((2, 9, 9, 8), (3, 3, 1, 8), (2, 2), ((1, 1), (1, 1)), (1, 1), 8),      # depthwise, strided
+    ((2, 9, 9, 4), (3, 3, 1, 8), (1, 1), ((1, 1), (1, 1)), (1, 1), 4),      # depthwise, multiplier 2
+    ((2, 8, 8, 5), (1, 1, 5, 9), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),      # 1x1
+    ((2, 9, 9, 5), (1, 1, 5, 9), (2, 2), ((0, 0), (0, 0)), (1, 1), 1),      # strided 1x1
+    ((2, 8, 8, 3), (4, 4, 3, 6), (4, 4), ((0, 0), (0, 0)), (1, 1), 1),      # patchify
+    ((2, 15, 15, 3), (7, 7, 3, 4), (2, 2), ((3, 3), (3, 3)), (1, 1), 1),    # ResNet stem, odd size
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("x_shape,w_shape,strides,pads,dilation,groups", CASES)
+def test_values_and_gradients_match_lax(x_shape, w_shape, strides, pads, dilation, groups):
+  kx, kw, kdy = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(kx, x_shape)
+  w = jax.random.normal(kw, w_shape) / np.sqrt(np.prod(w_shape[:3]))
+  ours = jax.jit(lambda x, w: _value_and_grads(
+      lambda x, w: onednn.conv(x, w, strides, pads, dilation, groups), x, w, kdy))(x, w)
+  ref = _value_and_grads(lambda x, w: _reference(x, w, strides, pads, dilation, groups), x, w, kdy)
+  for got, want, name in zip(ours, ref, ("output", "input grad", "kernel grad")):
+    assert got.shape == want.shape and got.dtype == want.dtype, name
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(jnp.abs(want).max()), err_msg=name)
+
+
+@needs_onednn
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding,dilation,groups", [
+    ((2, 9, 9, 4), (3, 3, 4, 6), (2, 2), "SAME", (1, 1), 1),
+    ((2, 10, 10, 4), (3, 3, 2, 6), (2, 2), "VALID", (2, 2), 2),
+    ((2, 9, 9, 4), (3, 3, 4, 6), (1, 1), ((-1, 2), (0, 1)), (1, 1), 1),    # negative pad: XLA rewrite
+])
+def test_layers_match_lax_under_jit(x_shape, w_shape, strides, padding, dilation, groups, monkeypatch):
+  """`conv_general_dilated` in the default mode: string padding resolved, values and gradients."""
+  monkeypatch.setenv(cpu_conv.ENV_VAR, "1")
+  kx, kw, kdy = jax.random.split(jax.random.PRNGKey(1), 3)
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  kwargs = dict(window_strides=strides, padding=padding, rhs_dilation=dilation, feature_group_count=groups,
+                dimension_numbers=DN)
+  ours = jax.jit(lambda x, w: _value_and_grads(lambda x, w: conv_general_dilated(x, w, **kwargs), x, w, kdy))(x, w)
+  ref = _value_and_grads(lambda x, w: lax.conv_general_dilated(x, w, precision=lax.Precision.HIGHEST, **kwargs),
+                         x, w, kdy)
+  for got, want in zip(ours, ref):
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(jnp.abs(want).max()))
+
+
+def test_inconsistent_shapes_are_left_to_lax():
+  x, w = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 6))
+  assert onednn.supports(x, w, ((1, 1), (1, 1)), 1)
+  assert not onednn.supports(x, w, ((1, 1), (1, 1)), 2)                  # 4 channels / 2 groups != 4
+  assert not onednn.supports(x, w, ((-1, 1), (1, 1)), 1)                 # negative padding
+  assert not onednn.supports(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), ((1, 1), (1, 1)), 1)
+  with pytest.raises(ValueError, match="feature_group_count"):
+    conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)
+
+
+@needs_onednn
+def test_layers_route_float32_to_onednn_and_bfloat16_to_xla(monkeypatch):
+  monkeypatch.setenv(cpu_conv.ENV_VAR, "1")
+  x, w = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  fn = lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+  grad = jax.value_and_grad(lambda x, w: jnp.sin(fn(x, w)).sum(), argnums=(0, 1))
+  text = jax.jit(grad).lower(x, w).as_text()
+  for target in ("fwd", "bwd_data", "bwd_weights"):
+    assert f"jaxcnn_onednn_conv_{target}" in text, target
+  assert "jaxcnn_onednn" not in jax.jit(fn).lower(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).as_text()
+
+
+@pytest.mark.parametrize("value", ["xla", "0"])
+def test_env_selects_xla_formulations(value, monkeypatch):
+  monkeypatch.setenv(cpu_conv.ENV_VAR, value)
+  x, w = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  text = jax.jit(lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)).lower(x, w).as_text()
+  assert "jaxcnn_onednn" not in text
+
+
+def test_unknown_env_value_is_a_user_error(monkeypatch):
+  monkeypatch.setenv(cpu_conv.ENV_VAR, "mkl")
+  with pytest.raises(cpu_conv.UserError, match="JAXCNN_CPU_CONV"):
+    cpu_conv.mode()
+
+
+def test_missing_library_falls_back_and_logs_once(monkeypatch, caplog):
+  """Without the oneDNN wheels `available()` is False, logged once, and layers keep the XLA path."""
+  def missing(dist, suffix):
+    raise onednn.Unavailable(f"the '{dist}' package is not installed")
+  monkeypatch.setattr(onednn, "_dist_file", missing)
+  monkeypatch.setenv(cpu_conv.ENV_VAR, "1")
+  onednn.available.cache_clear()
+  try:
+    with caplog.at_level(logging.WARNING, logger=onednn.__name__):
+      assert not onednn.available() and not onednn.available()
+      x, w = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+      fn = lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+      assert "jaxcnn_onednn" not in jax.jit(fn).lower(x, w).as_text()
+      np.testing.assert_allclose(fn(x, w), _reference(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1), 1), rtol=1e-6)
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "not installed" in caplog.records[0].getMessage()
+  finally:
+    onednn.available.cache_clear()
+
+
+def test_missing_compiler_is_reported(monkeypatch, tmp_path):
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+  with pytest.raises(onednn.Unavailable, match="compiler"):
+    onednn.build(tmp_path, tmp_path)
+  assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
