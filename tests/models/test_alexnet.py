@@ -84,3 +84,26 @@ def test_bad_dropout_rate_is_a_user_error():
 @pytest.mark.parametrize("name,kwargs", [("alexnet", {}), ("zfnet", {})])
 def test_bfloat16_compute(name, kwargs):
   check_bfloat16(name, **kwargs)
+
+
+def test_alexnet_cifar_is_bearpaws_layout():
+  """bearpaw/pytorch-classification's CIFAR AlexNet: 2,472,266 parameters at 10 classes (its README: 2.47M)."""
+  model = create_model("alexnet_cifar")
+  variables, logits = _abstract_apply(model, 32)
+  convs = (11 * 11 * 3 * 64 + 64 + 5 * 5 * 64 * 192 + 192 + 9 * 192 * 384 + 384 + 9 * 384 * 256 + 256
+           + 9 * 256 * 256 + 256)
+  assert param_count(variables["params"]) == convs + 256 * 10 + 10 == 2_472_266
+  chex.assert_shape(logits, (2, 10))
+  _, features = _abstract_apply(model.clone(return_features=True), 32)
+  # conv1 11x11/4 padded by 5: 32 -> 8; 2x2 pools: 8 -> 4 (conv2) -> 2 (conv3-5) -> 1 before the head.
+  assert [features[f"stage{i}"].shape[1] for i in range(1, 6)] == [8, 4, 2, 2, 2]
+
+
+@pytest.mark.parametrize("size,ok", [(29, True), (28, False), (64, True)])
+def test_alexnet_cifar_input_sizes(size, ok):
+  model = create_model("alexnet_cifar", num_classes=3)
+  if ok:
+    chex.assert_shape(_abstract_apply(model, size)[1], (2, 3))
+  else:
+    with pytest.raises(UserError, match="at least 29x29"):
+      _abstract_apply(model, size)

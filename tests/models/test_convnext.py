@@ -79,7 +79,8 @@ def test_stochastic_depth_grows_from_zero_to_the_rate():
 
 @pytest.mark.parametrize("kwargs,match", [(dict(depths=(1, 1), dims=(8,)), "same length"),
                                           (dict(depths=(0, 1, 1, 1)), "positive"),
-                                          (dict(drop_path_rate=-0.1), "drop_path_rate")])
+                                          (dict(drop_path_rate=-0.1), "drop_path_rate"),
+                                          (dict(patch_size=0), "patch_size")])
 def test_user_errors(kwargs, match):
   with pytest.raises(UserError, match=match):
     create_model("convnext_tiny", **kwargs)
@@ -95,3 +96,26 @@ def test_narrow_convnext_learns_digits():
 @pytest.mark.parametrize("name,kwargs", [("convnext_tiny", {})])
 def test_bfloat16_compute(name, kwargs):
   check_bfloat16(name, **kwargs)
+
+
+def test_convnext_cifar_count_and_resolutions():
+  """simple-convnext's CIFAR-10 ConvNeXt ("6.4M"): patch size 1, depths 2-2-2-2, dims 64-128-256-512."""
+  model = create_model("convnext_cifar")
+  variables = abstract_variables(model, (1, 32, 32, 3))
+  assert model.num_classes == 10 and model.drop_path_rate == 0.0
+  assert param_count(variables["params"]) == 6_378_378
+  assert variables["params"]["stem_conv"]["kernel"].shape == (1, 1, 3, 64)
+  features = jax.eval_shape(model.clone(return_features=True).apply, variables,
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  assert {k: v.shape for k, v in features.items()} == {
+      "stem": (1, 32, 32, 64), "stage1": (1, 32, 32, 64), "stage2": (1, 16, 16, 128),
+      "stage3": (1, 8, 8, 256), "stage4": (1, 4, 4, 512)}
+
+
+def test_patch_size_sets_the_stem_kernel_and_stride():
+  model = create_model("convnext_tiny", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), patch_size=2, num_classes=3)
+  variables = abstract_variables(model, (1, 32, 32, 3))
+  assert variables["params"]["stem_conv"]["kernel"].shape == (2, 2, 3, 8)
+  features = jax.eval_shape(model.clone(return_features=True).apply, variables,
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  assert [features[f"stage{s}"].shape[1] for s in range(1, 5)] == [16, 8, 4, 2]

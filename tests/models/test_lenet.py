@@ -181,3 +181,18 @@ def test_rbf_map_loss_is_the_papers_eq_9():
                               optax.softmax_cross_entropy_with_integer_labels(-distances, labels), rtol=1e-5)
   # ... while eq. 9 still pulls the features onto the right code.
   assert np.all(rbf_map_loss(-distances - 1.0, labels) > loss)
+
+
+def test_lenet5_cifar_has_the_papers_geometry_on_rgb_32x32():
+  """c1_padding=0: 32 -> 28 -> 14 -> 10 -> 5, as the paper; 62,006 params (kuangliu/pytorch-cifar's LeNet)."""
+  model = create_model("lenet5_cifar")
+  variables = abstract_variables(model, (1, 32, 32, 3))
+  # C1 3*25*6+6, C3 6*25*16+16, C5 400*120+120, F6 120*84+84, head 84*10+10.
+  assert param_count(variables) == 456 + 2_416 + 48_120 + 10_164 + 850 == 62_006
+  assert variables["params"]["C5"]["kernel"].shape == (16 * 5 * 5, 120)
+  x = jnp.zeros((2, 32, 32, 3))
+  chex.assert_shape(output_struct(model, variables, x), (2, 10))
+  with pytest.raises(UserError, match="16x16"):
+    abstract_variables(model, (1, 14, 14, 3))
+  with pytest.raises(UserError, match="c1_padding"):
+    create_model("lenet5_modern", c1_padding=3)

@@ -118,3 +118,18 @@ def test_bfloat16_compute(name, kwargs):
 @pytest.mark.parametrize("name,kwargs", [("mobilenet_v1", {}), ("mobilenet_v2", {})])
 def test_bn_axis_name_reaches_the_batchnorms(name, kwargs):
   check_bn_axis_name(name, **kwargs)
+
+
+def test_mobilenet_v2_cifar_keeps_resolution_in_the_stem_and_first_stages():
+  """kuangliu/pytorch-cifar's layout: stride-1 stem and 24-channel stage, a 4x4 last map at 32x32."""
+  model = create_model("mobilenet_v2_cifar", return_features=True)
+  variables = abstract_variables(model, (1, 32, 32, 3))
+  features = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  assert {k: v.shape for k, v in features.items()} == {
+      "stem": (1, 32, 32, 32), "stage1": (1, 32, 32, 24), "stage2": (1, 16, 16, 32),
+      "stage3": (1, 8, 8, 96), "stage4": (1, 4, 4, 320)}
+  # The strides add no parameters: torchvision's count minus the 1000-class head plus a 10-class one.
+  cifar = create_model("mobilenet_v2_cifar")
+  assert cifar.num_classes == 10 and cifar.dropout_rate == 0.0
+  count = param_count(abstract_variables(cifar, (1, 32, 32, 3))["params"])
+  assert count == 3_504_872 - 1281 * 1000 + 1281 * 10 == 2_236_682

@@ -80,3 +80,39 @@ def test_bfloat16_compute(name, kwargs):
 @pytest.mark.parametrize("name,kwargs", [("vgg11_bn", {})])
 def test_bn_axis_name_reaches_the_batchnorms(name, kwargs):
   check_bn_axis_name(name, **kwargs)
+
+
+# CIFAR heads: kuangliu/pytorch-cifar's VGG16 has 14,728,266 parameters, bearpaw/pytorch-classification's vgg19_bn
+# "20.04M"; by formula: the _bn convolution trunk plus one 512 -> 10 linear layer.
+def _bn_trunk_count(stage_sizes):
+  count, channels = 0, 3
+  for num_convs, width in zip(stage_sizes, (64, 128, 256, 512, 512)):
+    for _ in range(num_convs):
+      count += 9 * channels * width + width + 2 * width  # kernel, bias, BN scale and bias
+      channels = width
+  return count
+
+
+@pytest.mark.parametrize("depth,stage_sizes", [(11, (1, 1, 2, 2, 2)), (16, (2, 2, 3, 3, 3)), (19, (2, 2, 4, 4, 4))])
+def test_cifar_head_parameter_counts(depth, stage_sizes):
+  variables = abstract_variables(create_model(f"vgg{depth}_bn_cifar"), (1, 32, 32, 3))
+  assert param_count(variables["params"]) == _bn_trunk_count(stage_sizes) + 512 * 10 + 10
+  assert "fc" in variables["params"] and "fc1" not in variables["params"]
+
+
+def test_cifar_head_counts_of_the_references():
+  count = lambda name: param_count(abstract_variables(create_model(name), (1, 32, 32, 3))["params"])
+  assert count("vgg16_bn_cifar") == 14_728_266
+  assert count("vgg19_bn_cifar") == 20_040_522
+
+
+def test_cifar_head_is_a_linear_map_of_the_pooled_last_block():
+  model = create_model("vgg11_bn_cifar", num_classes=4)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  variables = random_variables(model, x.shape)
+  logits = model.apply(variables, x)
+  chex.assert_shape(logits, (2, 4))
+  features = model.clone(return_features=True).apply(variables, x)
+  pooled = jnp.max(features["stage5"].reshape(2, 2, 2, 2, 2, 512), axis=(2, 4)).mean(axis=(1, 2))
+  fc = variables["params"]["fc"]
+  chex.assert_trees_all_close(logits, pooled @ fc["kernel"] + fc["bias"], rtol=1e-5, atol=1e-5)
