@@ -129,6 +129,19 @@ def test_tiny_forward_is_the_sum_of_the_two_heads(tiny):
   chex.assert_shape(list(heads), [(2, 10), (2, 10)])
 
 
+def test_train_heads_returns_both_heads_in_training_only(tiny):
+  """The authors' criterion needs each head's logits in training; eval still gets their sum."""
+  from jaxcnn.models.conformer import ConformerOutputs
+  model, variables, forward = tiny
+  heads_model = model.clone(train_heads=True, dropout=0.0, drop_path_rate=0.0)
+  chex.assert_trees_all_close(jax.jit(heads_model.apply)(variables, images()), forward(variables, images())[0],
+                              rtol=1e-5, atol=1e-6)
+  outputs = jax.eval_shape(lambda v, x: heads_model.apply(v, x, train=True, rngs=RNGS, mutable=["batch_stats"])[0],
+                           variables, images())
+  assert isinstance(outputs, ConformerOutputs)
+  chex.assert_shape(list(outputs), [(2, 10), (2, 10)])
+
+
 def test_train_mode_uses_the_dropout_and_drop_path_rngs(tiny, trainer):
   model, variables, _ = tiny
   first = trainer.loss_at_start(RNGS)
