@@ -13,14 +13,16 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
 def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
   """The normalization over the last (channel) axis of `x`."""
   ndim = x.ndim
+  # A NumPy init value: lax differentiates reduce_window only when it sees the add monoid's 0.
   squares_sum = lax.reduce_window(
-      jnp.square(x), jnp.array(0, x.dtype), lax.add,
+      jnp.square(x), np.array(0, x.dtype), lax.add,
       (1,) * (ndim - 1) + (size,), (1,) * ndim,
       ((0, 0),) * (ndim - 1) + ((size // 2, (size - 1) // 2),))
   return x / (k + (alpha / size) * squares_sum) ** beta

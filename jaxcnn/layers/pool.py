@@ -57,7 +57,9 @@ def max_pool(x, window: IntPair, stride: IntPair, padding: IntPair = 0, ceil_mod
   """`torch.nn.MaxPool2d(window, stride, padding, ceil_mode=...)` on NHWC."""
   window, stride, padding = _pair(window), _pair(stride), _pair(padding)
   pads = _pads(x, window, stride, padding, ceil_mode)
-  init = jnp.array(-jnp.inf, x.dtype)
+  # A NumPy (not jnp) init value: lax recognises the max monoid only for a concrete init, and only
+  # then is the pooling differentiable under jit.
+  init = np.array(-np.inf, x.dtype)
   return lax.reduce_window(x, init, lax.max, (1, *window, 1), (1, *stride, 1),
                            ((0, 0), *pads, (0, 0)))
 
@@ -73,7 +75,7 @@ def avg_pool(x, window: IntPair, stride: IntPair, padding: IntPair = 0, ceil_mod
   pads = _pads(x, window, stride, padding, ceil_mode)
   dims, strides = (1, *window, 1), (1, *stride, 1)
   full = ((0, 0), *pads, (0, 0))
-  summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strides, full)
+  summed = lax.reduce_window(x, np.array(0, x.dtype), lax.add, dims, strides, full)
   # Count the explicit padding as cells, the ceil-mode overhang not.
   h, w = x.shape[1:3]
   counted = np.ones((1, h + 2 * padding[0], w + 2 * padding[1], 1), np.float32)

@@ -33,3 +33,14 @@ def test_keeps_input_dtype_or_casts():
   x = jnp.ones((1, 2, 2, 6), jnp.bfloat16)
   assert nn.apply(lambda m, y: m(y), LocalResponseNorm())({}, x).dtype == jnp.bfloat16
   assert LocalResponseNorm(dtype=jnp.float32).apply({}, x).dtype == jnp.float32
+
+
+def test_gradient_under_jit_matches_finite_differences():
+  import jax
+  x = jax.random.normal(jax.random.key(0), (1, 2, 2, 7))
+  f = lambda x: jnp.sum(LocalResponseNorm(size=5, alpha=0.5, beta=0.75, k=1.0).apply({}, x) ** 2)
+  grad = jax.jit(jax.grad(f))(x)
+  e = np.zeros(x.shape, np.float32)
+  e[0, 1, 0, 3] = 1e-2
+  numeric = (f(x + e) - f(x - e)) / 2e-2
+  np.testing.assert_allclose(float(grad[0, 1, 0, 3]), float(numeric), rtol=2e-3)

@@ -73,3 +73,15 @@ def test_adaptive_avg_pool_uses_torchvision_bins(size, out):
   got = jax.jit(adaptive_avg_pool, static_argnums=1)(jnp.asarray(x), out)
   chex.assert_shape(got, (2, out, out, 4))
   chex.assert_trees_all_close(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_pooling_gradients_under_jit(ceil_mode):
+  """Training needs these gradients: max_pool's goes to each window's maximum, avg_pool's is spread evenly."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  grad_max = jax.jit(jax.grad(lambda x: max_pool(x, 3, 2, 1, ceil_mode).sum()))(x)
+  windows = max_pool(x, 3, 2, 1, ceil_mode).size
+  assert float(grad_max.sum()) == windows  # one unit of gradient per window, on its maximum
+  chex.assert_trees_all_close(grad_max, jax.grad(lambda x: max_pool(x, 3, 2, 1, ceil_mode).sum())(x))
+  grad_avg = jax.jit(jax.grad(lambda x: avg_pool(x, 2, 2, 0, ceil_mode).sum()))(x)
+  assert float(grad_avg[0, 0, 0, 0]) == 0.25
