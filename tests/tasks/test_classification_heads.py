@@ -59,29 +59,30 @@ def _task_and_variables(name, **model_options):
   return task, jax.jit(task.init)(jax.random.key(0), _batch())
 
 
-def _head_losses(task, variables, rng):
-  """The model's training outputs under the task's rng split, and each head's mean cross-entropy."""
+def _outputs_and_loss(task, variables, rng):
+  """The model's training outputs under the task's rng split, each head's mean cross-entropy, and the task's
+  loss and metrics (one compiled function)."""
+  state = {k: v for k, v in variables.items() if k != "params"}
   dropout_rng, drop_path_rng, _ = jax.random.split(rng, 3)
-  state = {k: v for k, v in variables.items() if k != "params"}
-  apply = functools.partial(task.model.apply, train=True, mutable=list(state))
-  outputs, _ = jax.jit(apply)(variables, _batch()["image"], rngs={"dropout": dropout_rng, "drop_path": drop_path_rng})
+
+  @jax.jit
+  def run(variables, batch):
+    outputs, _ = task.model.apply(variables, batch["image"], train=True, mutable=list(state),
+                                  rngs={"dropout": dropout_rng, "drop_path": drop_path_rng})
+    loss, (_, metrics) = task.loss(variables["params"], state, batch, rng)
+    return outputs, loss, metrics
+
+  outputs, loss, metrics = run(variables, _batch())
   ce = lambda logits: float(optax.softmax_cross_entropy_with_integer_labels(logits, _batch()["label"]).mean())
-  return outputs, [ce(o) for o in outputs]
-
-
-def _task_loss(task, variables, rng):
-  state = {k: v for k, v in variables.items() if k != "params"}
-  loss, (_, metrics) = jax.jit(task.loss)(variables["params"], state, _batch(), rng)
-  return float(loss), metrics
+  return outputs, [ce(o) for o in outputs], float(loss), metrics
 
 
 def test_googlenet_loss_is_main_plus_weighted_aux_losses():
   task, variables = _task_and_variables("googlenet", aux_logits=True)
   rng = jax.random.key(5)
-  outputs, (main, aux2, aux1) = _head_losses(task, variables, rng)
+  outputs, (main, aux2, aux1), loss, metrics = _outputs_and_loss(task, variables, rng)
   assert type(outputs).__name__ == "GoogLeNetOutputs"
   assert len({round(v, 4) for v in (main, aux1, aux2)}) == 3  # three different heads
-  loss, metrics = _task_loss(task, variables, rng)
   np.testing.assert_allclose(loss, main + 0.3 * (aux1 + aux2), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["train/main_loss"]), main, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["train/aux_loss"]), aux1 + aux2, rtol=1e-5)
@@ -94,8 +95,7 @@ def test_googlenet_loss_is_main_plus_weighted_aux_losses():
 def test_googlenet_eval_uses_the_main_logits_only():
   task, variables = _task_and_variables("googlenet", aux_logits=True)
   batch = dict(_batch(), mask=jnp.ones(4))
-  sums = jax.jit(task.eval_step)(variables, batch)
-  logits = task.model.apply(variables, batch["image"])
+  sums, logits = jax.jit(lambda v, b: (task.eval_step(v, b), task.model.apply(v, b["image"])))(variables, batch)
   chex.assert_shape(logits, (4, 10))
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).sum()
   np.testing.assert_allclose(float(sums["loss"]), float(nll), rtol=1e-5)
@@ -105,9 +105,8 @@ def test_conformer_loss_is_the_mean_of_the_two_heads():
   tiny = dict(base_channel=8, channel_ratio=1, embed_dim=16, depth=3, num_heads=2, stem_width=8)
   task, variables = _task_and_variables("conformer_cifar", train_heads=True, **tiny)
   rng = jax.random.key(6)
-  outputs, (conv, trans) = _head_losses(task, variables, rng)
+  outputs, (conv, trans), loss, metrics = _outputs_and_loss(task, variables, rng)
   assert type(outputs).__name__ == "ConformerOutputs" and abs(conv - trans) > 1e-6
-  loss, metrics = _task_loss(task, variables, rng)
   np.testing.assert_allclose(loss, (conv + trans) / 2, rtol=1e-5)
   np.testing.assert_allclose([float(metrics["train/conv_loss"]), float(metrics["train/trans_loss"])],
                              [conv, trans], rtol=1e-5)
