@@ -1,12 +1,10 @@
 """The CIFAR-10 CNN experiments of issue 3 start, train two steps and evaluate, on tfds mock CIFAR-10 data."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import get_experiment
-from jaxcnn.layers import max_pool
 from jaxcnn.train import train_and_evaluate
 
 # Experiment -> its model's parameter count at 10 classes (see each model's docstring for the reference).
@@ -17,19 +15,6 @@ EXPERIMENTS = {
     "convnext_cifar": 6_378_378,
     "vgg16_bn_cifar": 14_728_266,
 }
-
-
-def _max_pool_has_gradients():
-  try:
-    jax.jit(jax.grad(lambda x: max_pool(x, 2, 2).sum()))(jnp.ones((1, 4, 4, 1)))
-    return True
-  except ValueError:
-    return False
-
-
-# VGG and AlexNet train through jaxcnn.layers.max_pool: expected to fail (strictly) until it has gradients.
-MAX_POOL_BROKEN = not _max_pool_has_gradients()
-USES_MAX_POOL = ("alexnet_cifar", "vgg16_bn_cifar")
 
 
 def shrink(config):
@@ -52,11 +37,7 @@ def test_docstrings_state_a_target_and_its_source():
     assert "github" in doc.lower() or "/" in doc.split("Target:")[0], name
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        MAX_POOL_BROKEN and name in USES_MAX_POOL, strict=True,
-        reason="jaxcnn.layers.max_pool is not differentiable (its reduce_window init is a traced jnp array)"))
-    for name in sorted(EXPERIMENTS)])
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_experiment_runs_on_mock_cifar10(name, tmp_path):
   config, _ = get_experiment(name)
   assert config.data.name == "cifar10" and config.model.name == name
