@@ -22,11 +22,12 @@ sources: jaxcnn/data/embeddings.py.
 
 What the run does with it, as the authors' code: each image is cropped to a
 square of 1.5 x the longer side of its bounding box around the box centre,
-resized to 64x64 (bilinear) and randomly flipped; per image and step one of
-its 10 caption embeddings is drawn at random; the matching-aware discriminator
-also sees each real image with another image's embedding (the batch rolled by
-one, pairs of the same class left out) as fake. Not reproduced: the authors'
-resize to 76x76 and random 64x64 crop.
+resized to 76x76 (bilinear; int(size * 76 / 64) in general), cropped to 64x64
+at a random offset and randomly flipped (`data.augment='scale_crop,flip'`;
+eval images are resized to 64x64 directly); per image and step one of its 10
+caption embeddings is drawn at random; the matching-aware discriminator also
+sees each real image with another image's embedding (the batch rolled by one,
+pairs of the same class left out) as fake.
 
 The authors' Stage-I settings: z 100-d, condition 128-d, GF_DIM 128,
 DF_DIM 64, Adam(2e-4, b1=0.5), batch 64, 600 epochs with the learning rate
@@ -55,7 +56,7 @@ def get_config():
   c.data.name = "cub_stackgan"
   c.data.data_dir = ""             # required: the birds folder described above
   c.data.image_size = 64
-  c.data.augment = "flip"
+  c.data.augment = "scale_crop,flip"   # the authors' Resize(76/64 size) + RandomCrop + RandomHorizontalFlip
   c.data.normalize = "symmetric"
   c.gan = gan_defaults()
   c.gan.fid_samples = 2933         # one per test image

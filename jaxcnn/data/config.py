@@ -21,9 +21,11 @@ def default_data_config() -> ml_collections.ConfigDict:
       "eval_split": "",
       # Comma list, applied in the listed order: crop, flip, randaugment, autoaugment (uint8 image), then
       # erase (normalised image, so last). '' or 'none': no augmentation. E.g. 'crop,flip,randaugment,erase'.
+      # scale_crop (first if used): StackGAN's upscale by scale_crop_ratio and random crop back.
       "augment": "",
       "crop_padding": 4,         # pixels padded on each side before the random crop
       "crop_pad_mode": "constant",  # constant (zeros) | reflect
+      "scale_crop_ratio": 76 / 64,  # scale_crop: read at int(image_size * ratio), crop image_size (StackGAN)
       "randaugment_n": 2,        # RandAugment ops per image (timm rand-m9-n2)
       "randaugment_m": 9.0,      # RandAugment magnitude, 0..10
       "randaugment_mstd": 0.0,   # per-op Gaussian jitter of the magnitude (timm mstd; DeiT 0.5; inf: U(0, m))
@@ -142,7 +144,9 @@ def _augment_options(data_cfg, image_size: int) -> transforms.AugmentOptions:
   increasing = _get(data_cfg, "randaugment_increasing")
   if not isinstance(increasing, (bool, np.bool_)):
     raise UserError(f"data.randaugment_increasing must be true or false, got {increasing!r}")
+  ratio = _number(data_cfg, "scale_crop_ratio", 1.0, 4.0)
   return transforms.AugmentOptions(
+      image_size=image_size, scale_crop_load=int(image_size * ratio),
       crop_padding=crop_padding, pad_mode=pad_mode,
       randaugment_n=_int(data_cfg, "randaugment_n", 0),
       randaugment_m=_number(data_cfg, "randaugment_m", 0.0, autoaugment.MAX_MAGNITUDE),
@@ -173,6 +177,10 @@ def resolve(data_cfg) -> DataSpec:
   except ValueError as err:
     raise UserError(f"unknown augmentation '{err}' in data.augment={augment_spec!r}; allowed: a comma list of "
                     f"{', '.join(transforms.AUGMENTATIONS)}, or '' / 'none'") from None
+  leading = [n for n in augment if n in transforms.LEADING_AUGMENTATIONS]
+  if leading and (len(leading) > 1 or augment[0] != leading[0]):
+    raise UserError(f"data.augment={augment_spec!r}: {leading[0]} takes the image larger than the output and must "
+                    f"come first, once")
   if sum(transforms.split_augment(augment), ()) != augment:
     late = ", ".join(sorted(transforms.NORMALIZED_AUGMENTATIONS))
     raise UserError(f"data.augment={augment_spec!r}: {late} acts on the normalised image and must come after "

@@ -29,12 +29,12 @@ float32 [10, 1024]} (the pipeline passes `embedding` through to the batches).
 As in the authors' code, the bounding box is read as integers and each image is
 cropped to a square of side 1.5 x the longer side of its box, centred on the
 box centre and clipped at the image border; the pipeline then resizes it
-(bilinear) to `data.image_size` (0 = 64, Stage I's size). The StackGAN task
-draws one of the 10 caption embeddings per image and step, as the authors'
-PyTorch code does, and pairs real images with another image's embedding for
-the matching-aware discriminator loss. The authors' other augmentation (resize
-to 76/64 of the size, random crop back) is not reproduced; horizontal flips
-are (`data.augment='flip'`).
+(bilinear) to `data.image_size` (0 = 64, Stage I's size), or, with the
+authors' augmentation `data.augment='scale_crop,flip'`, to 76/64 of it with a
+random crop back and a random flip. The StackGAN task draws one of the 10
+caption embeddings per image and step, as the authors' PyTorch code does, and
+pairs real images with another image's embedding for the matching-aware
+discriminator loss.
 """
 import os
 import pickle

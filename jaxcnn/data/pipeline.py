@@ -10,7 +10,9 @@ of epoch s // N (N = split size, one permutation per epoch from
 np.random.default_rng([seed, epoch])). Element g is augmented with randomness
 from np.random.default_rng([seed, 1, g]): uint8 augmentations in the listed
 order, normalisation, then the normalised-image ones (erase), so the R copies
-of an example are augmented differently. Process p yields elements
+of an example are augmented differently. (With a leading `scale_crop`, images
+read from files are resized to the larger load size instead of the output
+size, and the crop brings them to the output size.) Process p yields elements
 k = p * b .. p * b + b - 1. So the local batches of processes 0..P-1 at step t,
 concatenated, are exactly the global batch a single process yields at step t:
 same examples, same order, same augmentation, whatever the process count or the
@@ -97,10 +99,14 @@ class _Examples:
   Extra fields of the source's examples ride along unchanged (`extra_fields`: {name: (shape, dtype)}).
   """
 
-  def __init__(self, spec: config_lib.DataSpec, split: str):
+  def __init__(self, spec: config_lib.DataSpec, split: str, train: bool = False):
     self.spec = spec
     self.source = _resized_source(spec, split)
     self.needs_resize = not isinstance(self.source, sources.ArraySource)
+    # A leading scale_crop crops the output from a larger image: read it at that size (one resampling).
+    self.read_size = spec.image_size
+    if train and spec.augment[:1] == ("scale_crop",):
+      self.read_size = spec.augment_options.scale_crop_load
     self.mean, self.std = spec.mean_std()
     self.extra_fields = sources.extra_field_specs(self.source)
 
@@ -108,11 +114,11 @@ class _Examples:
     return len(self.source)
 
   def read(self, index: int) -> Tuple[np.ndarray, int, Dict[str, np.ndarray]]:
-    """(uint8 image at the spec's size and channels, label, extra fields) of example `index`."""
+    """(uint8 image at the spec's (read) size and channels, label, extra fields) of example `index`."""
     example = self.source[index]
     image = example["image"]
     if self.needs_resize:
-      image = transforms.resize(image, self.spec.image_size)
+      image = transforms.resize(image, self.read_size)
     extras = {}
     for name, (shape, dtype) in self.extra_fields.items():
       value = np.asarray(example[name], dtype)
@@ -165,7 +171,7 @@ def train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index
   seed, global_batch, repeats = int(seed), int(global_batch_size), spec.repeated_aug
   if global_batch % repeats:
     raise UserError(f"global batch size {global_batch} must be divisible by data.repeated_aug={repeats}")
-  examples = _Examples(spec, spec.train_split)
+  examples = _Examples(spec, spec.train_split, train=True)
   n = len(examples)
   permutations = _EpochPermutations(seed, n)
   uint8_augment, normalized_augment = transforms.split_augment(spec.augment)

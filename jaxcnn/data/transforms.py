@@ -10,7 +10,8 @@ Augmentations are looked up by name in `AUGMENTATIONS`: each is a function
 `(image, rng, options) -> image`. They run in the order `data.augment` lists
 them, on the uint8 image, except those in `NORMALIZED_AUGMENTATIONS` (random
 erasing), which act on the normalised float32 image and so must come last in
-the list. A typical CIFAR recipe: 'crop,flip,randaugment,erase'.
+the list. A typical CIFAR recipe: 'crop,flip,randaugment,erase'. `scale_crop`
+(StackGAN's resize to 76/64 of the size and random crop back) must come first.
 Batch-level mixing (Mixup/CutMix) acts after batching, on device, and is not
 part of this per-example table.
 """
@@ -83,6 +84,20 @@ def random_crop(image: np.ndarray, rng: np.random.Generator, padding: int,
   return out
 
 
+def scale_crop(image: np.ndarray, rng: np.random.Generator, size: int, load_size: int) -> np.ndarray:
+  """StackGAN's augmentation: the image at load_size x load_size, then a size x size crop at a random offset.
+
+  The authors resize each bird crop to load_size = size * 76 / 64 (bilinear)
+  and take torchvision's RandomCrop(size): both offsets uniform in
+  0..load_size - size. An image not yet at load_size is resized here (the
+  pipeline reads file-based images at load_size directly, so they are resampled once).
+  """
+  if image.shape[0] != load_size or image.shape[1] != load_size:
+    image = resize(image, load_size)
+  top, left = rng.integers(0, load_size - size + 1, size=2)
+  return image[top:top + size, left:left + size]
+
+
 def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Mirrors the image left-right with probability 1/2."""
   if rng.random() < 0.5:
@@ -150,6 +165,8 @@ class AugmentOptions(NamedTuple):
   erase_area: Tuple[float, float] = (0.02, 1 / 3)
   erase_aspect: Tuple[float, float] = (0.3, 1 / 0.3)
   erase_mode: str = "pixel"
+  image_size: int = 0          # scale_crop: the output size (the spec's image size)
+  scale_crop_load: int = 0     # scale_crop: the size it crops from (int(image_size * data.scale_crop_ratio))
 
 
 Augmentation = Callable[[np.ndarray, np.random.Generator, AugmentOptions], np.ndarray]
@@ -157,6 +174,7 @@ Augmentation = Callable[[np.ndarray, np.random.Generator, AugmentOptions], np.nd
 AUGMENTATIONS: Dict[str, Augmentation] = {
     "crop": lambda image, rng, opt: random_crop(image, rng, opt.crop_padding, opt.pad_mode),
     "flip": lambda image, rng, opt: random_flip(image, rng),
+    "scale_crop": lambda image, rng, opt: scale_crop(image, rng, opt.image_size, opt.scale_crop_load),
     "randaugment": lambda image, rng, opt: autoaugment.rand_augment(
         image, rng, opt.randaugment_n, opt.randaugment_m, opt.randaugment_mstd, opt.randaugment_prob,
         opt.randaugment_increasing),
@@ -167,6 +185,8 @@ AUGMENTATIONS: Dict[str, Augmentation] = {
 
 # Augmentations of the normalised float32 image: applied after `normalize`, after all the others.
 NORMALIZED_AUGMENTATIONS = frozenset({"erase"})
+# Augmentations that take a larger image than the output (the pipeline reads it at that size): listed first.
+LEADING_AUGMENTATIONS = frozenset({"scale_crop"})
 
 
 def parse_augment(spec: str) -> tuple:

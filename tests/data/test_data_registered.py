@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcnn import data
-from jaxcnn.data import sources
+from jaxcnn.data import sources, transforms
 from jaxcnn.errors import UserError
 
 SIZES = {"train": 30, "test": 7}
@@ -150,3 +150,76 @@ def test_standard_normalisation_computes_stats_over_images_of_different_sizes(to
   expected_std = np.sqrt(np.average((np.array(values) - expected_mean) ** 2, weights=weights))
   np.testing.assert_allclose(mean, [expected_mean] * 3, rtol=1e-5)
   np.testing.assert_allclose(std, [expected_std] * 3, rtol=1e-4)
+
+
+class PatternSource:
+  """Random uint8 images of varied sizes (example i from default_rng(i)), so crops and resizes are visible."""
+
+  def __init__(self, split, data_dir):
+    self.n = SIZES[split]
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, index):
+    index = int(index)
+    rng = np.random.default_rng(index)
+    return {"image": rng.integers(0, 256, (20 + index % 5, 24, 3), dtype=np.uint8), "label": index % 4}
+
+
+@pytest.fixture
+def patterns():
+  data.register_source(data.DatasetInfo("toy_patterns", 4, (16, 16, 3), False, "train", "test", None),
+                       PatternSource)
+  yield
+  for table in (sources._INFOS, sources._OPENERS):
+    table.pop("toy_patterns", None)
+  sources._open_registered.cache_clear()
+
+
+def test_scale_crop_reads_at_the_load_size_and_crops_back(patterns):
+  """StackGAN's augmentation: one bilinear resize to int(S * 76 / 64), a uniform random S x S crop, then flip."""
+  seed, size = 4, 16
+  cfg = _cfg(name="toy_patterns", image_size=size, augment="scale_crop,flip")
+  batches = _take(data.train_iterator(cfg, global_batch_size=6, seed=seed), 2)
+  load = int(size * 76 / 64)
+  assert load == 19
+  offsets = set()
+  for t, batch in enumerate(batches):
+    for k in range(6):
+      g = t * 6 + k
+      index = np.random.default_rng([seed, 0]).permutation(SIZES["train"])[g]
+      rng = np.random.default_rng([seed, 1, g])
+      top, left = rng.integers(0, load - size + 1, size=2)
+      offsets.add((int(top), int(left)))
+      want = transforms.resize(PatternSource("train", "")[index]["image"], load)[top:top + size, left:left + size]
+      if rng.random() < 0.5:
+        want = want[:, ::-1]
+      np.testing.assert_array_equal(np.rint(batch["image"][k] * 255).astype(np.uint8), want)
+  assert len(offsets) > 1
+  # Eval reads the whole image at the output size (no crop).
+  ev = next(iter(data.eval_iterator(cfg, global_batch_size=2)))
+  want = transforms.resize(PatternSource("test", "")[0]["image"], size)
+  np.testing.assert_array_equal(np.rint(ev["image"][0] * 255).astype(np.uint8), want)
+
+
+def test_scale_crop_of_an_in_memory_image_resizes_it_first():
+  image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  out = transforms.scale_crop(image, np.random.default_rng(1), 16, 19)
+  top, left = np.random.default_rng(1).integers(0, 4, size=2)
+  np.testing.assert_array_equal(out, transforms.resize(image, 19)[top:top + 16, left:left + 16])
+  digits = data.default_data_config()
+  digits.update(dict(name="digits", image_size=8, augment="scale_crop"))
+  chex.assert_shape(next(data.train_iterator(digits, global_batch_size=4, seed=0))["image"], (4, 8, 8, 1))
+
+
+@pytest.mark.parametrize("augment, ratio, message", [
+    ("flip,scale_crop", 76 / 64, "scale_crop takes the image larger than the output and must come first"),
+    ("scale_crop,scale_crop", 76 / 64, "must come first, once"),
+    ("scale_crop", 0.5, r"data.scale_crop_ratio must be a number in \[1.0, 4.0\]"),
+])
+def test_scale_crop_config_errors(augment, ratio, message):
+  cfg = data.default_data_config()
+  cfg.update(dict(augment=augment, scale_crop_ratio=ratio))
+  with pytest.raises(UserError, match=message):
+    data.resolve(cfg)
