@@ -1,6 +1,7 @@
 """Single convolution layers on CPU: forward, input gradient, weight gradient, side by side.
 
     python benchmarks/conv_micro.py [--rounds=5] [--layers=r18_3x3,mbv2_dw_s2,...] [--no-torch]
+        [--impls=xla,rewrite,onednn,jaxcnn]
 
 For each layer of the target models (ResNet-18 CIFAR, ResNet-50, MobileNetV2,
 ViT patch embedding, a DCGAN transposed convolution) it times these
@@ -187,6 +188,7 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--layers", default=",".join(LAYERS))
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--impls", default="xla,rewrite,onednn,jaxcnn", help="JAX implementations to time")
   p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:
@@ -198,7 +200,7 @@ def main(argv=None):
     print(f"error: unknown layers {unknown}; known: {sorted(LAYERS)}", file=sys.stderr)
     return 2
   clients = {"jax": Client("jax")}
-  impls = [("jax", "xla"), ("jax", "rewrite"), ("jax", "onednn"), ("jax", "jaxcnn")]
+  impls = [("jax", impl) for impl in args.impls.split(",") if impl]
   if not args.no_torch:
     clients["torch"] = Client("torch")
     impls.append(("torch", "torch"))

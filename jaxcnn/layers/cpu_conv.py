@@ -386,17 +386,47 @@ def _conv_bwd(strides, pads, rhs_dilation, feature_group_count, precision, prefe
 conv_fast_weight_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_onednn_fast_weight_grad(x, w, strides, pads, rhs_dilation, feature_group_count):
+  """float32 convolution: oneDNN forward and input gradient, `weight_grad` for the kernel gradient.
+
+  On AVX2 machines oneDNN's kernel-gradient primitive (`jit:avx2`) ran slower
+  than `weight_grad` for most ResNet layers (benchmarks/README.md), while its
+  forward and input-gradient primitives beat XLA's.
+  """
+  return onednn.forward(x, w, strides, pads, rhs_dilation, feature_group_count)
+
+
+def _onednn_fwd(x, w, strides, pads, rhs_dilation, feature_group_count):
+  return onednn.forward(x, w, strides, pads, rhs_dilation, feature_group_count), (x, w)
+
+
+def _onednn_bwd(strides, pads, rhs_dilation, feature_group_count, res, dy):
+  x, w = res
+  dx = onednn.input_grad(dy, w, x.shape, strides, pads, rhs_dilation, feature_group_count)
+  dw = weight_grad(x, dy.astype(x.dtype), w.shape[:2], strides, pads, rhs_dilation, feature_group_count)
+  return dx, dw.astype(w.dtype)
+
+
+conv_onednn_fast_weight_grad.defvjp(_onednn_fwd, _onednn_bwd)
+
+
 def conv_nhwc(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_count=1, precision=None,
               preferred_element_type=None):
   """The CPU formulation of an NHWC/HWIO convolution with explicit padding (no input dilation).
 
-  oneDNN in mode 'onednn' when it takes these operands and its extension
-  loads, else `conv_nhwc_xla`.
+  In mode 'onednn', when oneDNN takes these operands and its extension
+  loads: depthwise convolutions entirely on oneDNN, other non-pointwise ones
+  with oneDNN's forward and input gradient and `weight_grad`. Pointwise
+  (1x1, patchify) convolutions stay matmuls. Everything else: `conv_nhwc_xla`.
   """
   strides, rhs_dilation, pads = tuple(strides), tuple(rhs_dilation), tuple(map(tuple, pads))
-  if (mode() == "onednn" and onednn.supports(x, w, pads, feature_group_count, preferred_element_type)
-      and onednn.available()):
-    return onednn.conv(x, w, strides, pads, rhs_dilation, feature_group_count)
+  pointwise = feature_group_count == 1 and is_pointwise(w.shape[:2], strides, pads, rhs_dilation)
+  if (mode() == "onednn" and not pointwise
+      and onednn.supports(x, w, pads, feature_group_count, preferred_element_type) and onednn.available()):
+    if is_depthwise(x.shape[3], w.shape, feature_group_count):
+      return onednn.conv(x, w, strides, pads, rhs_dilation, feature_group_count)
+    return conv_onednn_fast_weight_grad(x, w, strides, pads, rhs_dilation, feature_group_count)
   return conv_nhwc_xla(x, w, strides, pads, rhs_dilation, feature_group_count, precision,
                        preferred_element_type)
 

@@ -57,6 +57,7 @@ def test_values_and_gradients_match_lax(x_shape, w_shape, strides, pads, dilatio
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding,dilation,groups", [
     ((2, 9, 9, 4), (3, 3, 4, 6), (2, 2), "SAME", (1, 1), 1),
     ((2, 10, 10, 4), (3, 3, 2, 6), (2, 2), "VALID", (2, 2), 2),
+    ((2, 9, 9, 4), (3, 3, 1, 4), (2, 2), "SAME", (1, 1), 4),               # depthwise
     ((2, 9, 9, 4), (3, 3, 4, 6), (1, 1), ((-1, 2), (0, 1)), (1, 1), 1),    # negative pad: XLA rewrite
 ])
 def test_layers_match_lax_under_jit(x_shape, w_shape, strides, padding, dilation, groups, monkeypatch):
@@ -84,15 +85,25 @@ def test_inconsistent_shapes_are_left_to_lax():
 
 
 @needs_onednn
-def test_layers_route_float32_to_onednn_and_bfloat16_to_xla(monkeypatch):
+@pytest.mark.parametrize("w_shape,groups,targets", [
+    ((3, 3, 4, 4), 1, {"fwd", "bwd_data"}),                  # kernel gradient: cpu_conv.weight_grad
+    ((3, 3, 1, 4), 4, {"fwd", "bwd_data", "bwd_weights"}),   # depthwise: all on oneDNN
+    ((1, 1, 4, 4), 1, set()),                                # pointwise: a matmul
+])
+def test_layers_route_float32_to_onednn(w_shape, groups, targets, monkeypatch):
   monkeypatch.setenv(cpu_conv.ENV_VAR, "1")
-  x, w = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  x, w = jnp.ones((1, 6, 6, 4)), jnp.ones(w_shape)
+  fn = lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=groups)
+  text = jax.jit(jax.value_and_grad(lambda x, w: jnp.sin(fn(x, w)).sum(), argnums=(0, 1))).lower(x, w).as_text()
+  used = {t for t in ("fwd", "bwd_data", "bwd_weights") if f"jaxcnn_onednn_conv_{t}" in text}
+  assert used == targets, used
+
+
+def test_bfloat16_stays_on_xla(monkeypatch):
+  monkeypatch.setenv(cpu_conv.ENV_VAR, "1")
+  x, w = jnp.ones((1, 6, 6, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 4), jnp.bfloat16)
   fn = lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
-  grad = jax.value_and_grad(lambda x, w: jnp.sin(fn(x, w)).sum(), argnums=(0, 1))
-  text = jax.jit(grad).lower(x, w).as_text()
-  for target in ("fwd", "bwd_data", "bwd_weights"):
-    assert f"jaxcnn_onednn_conv_{target}" in text, target
-  assert "jaxcnn_onednn" not in jax.jit(fn).lower(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).as_text()
+  assert "jaxcnn_onednn" not in jax.jit(fn).lower(x, w).as_text()
 
 
 @pytest.mark.parametrize("value", ["xla", "0"])
