@@ -12,23 +12,9 @@ import pytest
 from experiments.configs.common import base_config
 from jaxcnn.data import dataset_info
 from jaxcnn.errors import UserError
-from jaxcnn.layers import max_pool
 from jaxcnn.tasks.classification import Classification
 from jaxcnn.train import train_and_evaluate
 
-
-def _max_pool_has_gradients():
-  try:
-    jax.jit(jax.grad(lambda x: max_pool(x, 2, 2).sum()))(jnp.ones((1, 4, 4, 1)))
-    return True
-  except ValueError:
-    return False
-
-
-# GoogLeNet training needs gradients through jaxcnn.layers.max_pool; expected to fail (strictly) until it has them.
-needs_max_pool_gradients = pytest.mark.xfail(
-    not _max_pool_has_gradients(), strict=True,
-    reason="jaxcnn.layers.max_pool is not differentiable (its reduce_window init is a traced jnp array)")
 
 SIZE = 16  # GoogLeNet's smallest input is 15x15
 
@@ -122,7 +108,6 @@ def test_negative_aux_loss_weight_is_a_user_error():
     Classification(config, dataset_info("digits"))
 
 
-@needs_max_pool_gradients
 def test_googlenet_with_aux_heads_trains_through_the_trainer(tmp_path):
   c = _config("googlenet", aux_logits=True)
   c.data.name = "digits"
