@@ -37,6 +37,9 @@ class Classification(Task):
     mixing = config.train.get("mixup_alpha", 0) > 0 or config.train.get("cutmix_alpha", 0) > 0
     if self.loss_name == "rbf_map" and (mixing or config.train.label_smoothing > 0):
       raise UserError("train.loss='rbf_map' takes hard labels: set train.label_smoothing, mixup_alpha and cutmix_alpha to 0")
+    if config.model.get("return_heads", False):
+      raise UserError("model.return_heads=True gives a pair of logits in eval too; to train on the two heads' "
+                      "losses set model.train_heads=True instead")
     self.aux_loss_weight = float(config.train.get("aux_loss_weight", 0.3))
     if self.aux_loss_weight < 0:
       raise UserError(f"train.aux_loss_weight={self.aux_loss_weight} must be >= 0 (0.3: GoogLeNet's paper)")

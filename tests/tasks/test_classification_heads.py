@@ -101,11 +101,13 @@ def test_conformer_loss_is_the_mean_of_the_two_heads():
   np.testing.assert_allclose(float(metrics["train/accuracy"]), accuracy)
 
 
-def test_negative_aux_loss_weight_is_a_user_error():
+def test_option_errors_are_user_errors():
   config = _config("googlenet", aux_logits=True)
   config.train.aux_loss_weight = -0.3
   with pytest.raises(UserError, match="aux_loss_weight"):
     Classification(config, dataset_info("digits"))
+  with pytest.raises(UserError, match="train_heads"):
+    Classification(_config("conformer_cifar", return_heads=True), dataset_info("digits"))
 
 
 def test_googlenet_with_aux_heads_trains_through_the_trainer(tmp_path):
