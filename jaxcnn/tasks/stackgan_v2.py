@@ -11,7 +11,7 @@ Per step, as the authors' trainer (code/trainer.py, condGANTrainer):
   * D's condition is the Conditioning Augmentation mean mu of the batch's embeddings (no gradient in the D
     step; in the G step the gradient reaches the CA through it, as the authors');
   * D_i's loss, with c = `stackgan.uncond_coeff` (the authors' 1.0 for birds) and the wrong pairs being the real
-    images with the batch's embeddings rolled by one (pairs of the same class left out):
+    images with the batch's embeddings rolled by one over the global batch (pairs of the same class left out):
       c > 0:  L_real + L_wrong + L_fake + c (L_ureal + L_uwrong + L_ufake), where the unconditional logit of a
               wrong pair is the real image's, so L_uwrong = L_ureal (the authors draw other real images there);
       c = 0:  L_real + (L_wrong + L_fake) / 2;
@@ -139,15 +139,25 @@ class StackGANpp(StackGAN):
     return self._apply(params, model_state, "discriminate", list(images), condition, train=train)
 
   # --- losses --------------------------------------------------------------------
+  def roll_batch(self, x):
+    """x rolled by one example over the global batch: on the pmap path each device takes its slice of the
+    rolled global batch, so the wrong pairs are those of the jit path (a per-device roll of a batch of one
+    would pair every image with its own embedding)."""
+    if not self.axis_name:
+      return jnp.roll(x, 1, axis=0)
+    rolled = jnp.roll(jax.lax.all_gather(x, self.axis_name, tiled=True), 1, axis=0)
+    n = x.shape[0]
+    return jax.lax.dynamic_slice_in_dim(rolled, jax.lax.axis_index(self.axis_name) * n, n)
+
   def discriminator_losses(self, params, model_state, batch, fakes):
     """([D_i's loss per scale], model_state, metrics)."""
     kind, c = self.gan.loss, float(self.sg.uncond_coeff)
     mu = jax.lax.stop_gradient(self.condition(params, batch["embedding"]))
     reals = resize_to_scales(batch["image"], self.sizes)
     # A "mismatched" pair of the same class is no mismatch: leave it out.
-    mismatch = (batch["label"] != jnp.roll(batch["label"], 1, axis=0)).astype(jnp.float32)
+    mismatch = (batch["label"] != self.roll_batch(batch["label"])).astype(jnp.float32)
     real_out, model_state = self.discriminate(params, model_state, reals, mu, True)
-    wrong_out, model_state = self.discriminate(params, model_state, reals, jnp.roll(mu, 1, axis=0), True)
+    wrong_out, model_state = self.discriminate(params, model_state, reals, self.roll_batch(mu), True)
     fake_out, model_state = self.discriminate(params, model_state, fakes, mu, True)
     losses, metrics = [], {}
     for size, (real, ureal), (wrong, _), (fake, ufake) in zip(self.sizes, real_out, wrong_out, fake_out):

@@ -33,33 +33,42 @@ TINY = dict(latent_dim=6, c_dim=3, gf_dim=4, df_dim=4, r_num=1, base_size=8, num
 def test_shapes_and_dtypes_per_scale(dtype):
   model = create_model("stackganpp", **dict(TINY, num_branches=3, channels=3), dtype=dtype)
   z, emb = jax.random.normal(jax.random.PRNGKey(0), (2, 6)), jax.random.normal(jax.random.PRNGKey(1), (2, 12))
-  variables = model.init(jax.random.PRNGKey(2), z, emb)
-  images, mu, logvar = model.apply(variables, z, emb, jax.random.PRNGKey(3), method="generate")
-  assert len(images) == 3
+
+  @jax.jit
+  def run_all(z, emb):
+    variables = model.init(jax.random.PRNGKey(2), z, emb)
+    images, mu, logvar = model.apply(variables, z, emb, jax.random.PRNGKey(3), method="generate")
+    mean_images = model.apply(variables, z, emb, method="generate")[0]
+    outs = model.apply(variables, images, mu, method="discriminate")
+    return images, mu, logvar, mean_images, outs, model.apply(variables, emb, method="condition")
+
+  images, mu, logvar, mean_images, outs, condition = run_all(z, emb)
+  assert len(images) == len(mean_images) == 3
   for img, size in zip(images, (8, 16, 32)):
     chex.assert_shape(img, (2, size, size, 3))
     chex.assert_type(img, jnp.float32)
     assert float(jnp.max(jnp.abs(img))) <= 1.0
   chex.assert_shape([mu, logvar], (2, 3))
-  # Without a key the condition is the mean, so generation is deterministic.
-  a = model.apply(variables, z, emb, method="generate")[0]
-  b = model.apply(variables, z, emb, method="generate")[0]
-  chex.assert_trees_all_equal(a, b)
-  outs = model.apply(variables, images, mu, method="discriminate")
+  # With a key the condition is sampled around mu; without one it is mu.
+  assert not np.allclose(images[-1], mean_images[-1])
+  chex.assert_trees_all_close(condition, mu)
   assert len(outs) == 3
   for cond, uncond in outs:
     chex.assert_shape([cond, uncond], (2,))
     chex.assert_type([cond, uncond], jnp.float32)
-  chex.assert_trees_all_close(model.apply(variables, emb, method="condition"), mu)
 
 
 def test_discriminator_condition_enters_only_the_conditional_logit():
   model = create_model("stackganpp", **TINY, channels=1)
   z, emb = jnp.ones((2, 6)), jnp.ones((2, 12))
-  variables = model.init(jax.random.PRNGKey(0), z, emb)
-  images = model.apply(variables, z, emb, method="generate")[0]
-  a = model.apply(variables, images, jnp.zeros((2, 3)), method="discriminate")
-  b = model.apply(variables, images, jnp.ones((2, 3)), method="discriminate")
+
+  @jax.jit
+  def both(z, emb):
+    variables = model.init(jax.random.PRNGKey(0), z, emb)
+    images = model.apply(variables, z, emb, method="generate")[0]
+    return [model.apply(variables, images, c, method="discriminate") for c in (jnp.zeros((2, 3)), jnp.ones((2, 3)))]
+
+  a, b = both(z, emb)
   for (ca, ua), (cb, ub) in zip(a, b):
     chex.assert_trees_all_equal(ua, ub)
     assert not np.allclose(ca, cb)
@@ -292,6 +301,14 @@ def test_each_substep_changes_only_its_network(setup):
   assert changed(full.params["generator"], state.params["generator"])
   assert changed(full.params["discriminator"], state.params["discriminator"])
   assert np.isfinite(float(metrics["train/loss"]))
+
+
+def test_wrong_pairs_on_the_pmap_path_are_the_global_batch_rolled():
+  task = get_task(tiny_config(), INFO, axis_name="batch")
+  n = jax.local_device_count()
+  x = jnp.arange(2 * n).reshape((n, 2))
+  rolled = jax.pmap(task.roll_batch, axis_name="batch")(x)
+  np.testing.assert_array_equal(np.asarray(rolled).reshape(-1), np.roll(np.arange(2 * n), 1))
 
 
 def test_config_errors():
