@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.0           # > 0: evaluate an EMA of the parameters
   c.train.loss = "cross_entropy"    # cross_entropy | rbf_map (LeNet-5's eq. 9, for its RBF head)
   c.train.label_smoothing = 0.0
+  c.train.aux_loss_weight = 0.3     # auxiliary heads (GoogLeNet aux_logits=True): loss = main + w * (aux1 + aux2)
   c.train.mixup_alpha = 0.0         # > 0: Mixup with Beta(alpha, alpha) (classification)
   c.train.cutmix_alpha = 0.0        # > 0: CutMix
   c.train.cutmix_prob = 0.5         # with both on: the share of mixed steps that use CutMix
