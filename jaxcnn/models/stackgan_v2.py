@@ -33,11 +33,16 @@ import jax.numpy as jnp
 from jaxcnn.errors import UserError
 from jaxcnn.layers import Conv
 from jaxcnn.models.gan import dcgan_scale_init
-from jaxcnn.models.stackgan import _tile, upsample_nearest
+from jaxcnn.models.stackgan import upsample_nearest
 from jaxcnn.models.vae import reparameterize
 from jaxcnn.registry import register_model
 
 orthogonal_init = nn.initializers.orthogonal()  # a kernel [.., in, out] is an orthogonal (prod(..) * in, out) matrix
+
+
+def tile(vector, size):
+  """[B, C] -> [B, size, size, C]: the condition replicated over space."""
+  return jnp.broadcast_to(vector[:, None, None, :], (vector.shape[0], size, size, vector.shape[-1]))
 
 
 def scale_sizes(base_size: int, num_branches: int) -> Tuple[int, ...]:
@@ -131,7 +136,7 @@ class _Tree(_Blocks):
     images = [self.image(h, "img0")]
     layers = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
     for b in range(1, self.num_branches):
-      h = jnp.concatenate([_tile(c, h.shape[1]), h], axis=-1)
+      h = jnp.concatenate([tile(c, h.shape[1]), h], axis=-1)
       h = self.conv_glu(h, width, train, f"branch{b}_joint")
       for r in range(self.r_num):
         h = GLUResBlock(name=f"branch{b}_res{r}", **layers)(h, train)
@@ -183,7 +188,7 @@ class ScaleDiscriminator(_Blocks):
     while h.shape[-1] > 8 * self.df_dim:
       h = self.conv_bn_lrelu(h, h.shape[-1] // 2, 3, 1, train, f"reduce{j}")
       j += 1
-    hc = jnp.concatenate([_tile(condition.astype(self.dtype), 4), h], axis=-1)
+    hc = jnp.concatenate([tile(condition.astype(self.dtype), 4), h], axis=-1)
     hc = self.conv_bn_lrelu(hc, h.shape[-1], 3, 1, train, "joint")
     n = x.shape[0]
     cond = self.conv(1, 4, 4, bias=True, padding="VALID", name="cond_logit")(hc)

@@ -23,7 +23,6 @@ Per step, as the authors' trainer (code/trainer.py, condGANTrainer):
 Evaluation: FID / Inception Score / cond_accuracy on the largest scale (GAN.on_eval), `eval/d_real` of the
 largest scale's D, and a sample grid per scale: `plots/samples_step<N>.png` (largest), `samples_<S>px_step<N>.png`.
 """
-import os
 from typing import List
 
 import jax
@@ -36,7 +35,7 @@ from jaxcnn.models.stackgan_v2 import scale_sizes
 from jaxcnn.models.vae import gaussian_kl
 from jaxcnn.registry import create_model
 from jaxcnn.tasks.base import model_kwargs
-from jaxcnn.tasks.gan import GAN, StackGAN, _merged, discriminator_terms, generator_term, stackgan_defaults
+from jaxcnn.tasks.gan import GAN, StackGAN, discriminator_terms, generator_term, stackgan_defaults
 
 
 def stackganpp_defaults() -> ml_collections.ConfigDict:
@@ -46,6 +45,13 @@ def stackganpp_defaults() -> ml_collections.ConfigDict:
       "color_lambda_mean": 1.0,    # the paper's lambda_1 (pixel means)
       "color_lambda_cov": 5.0,     # the paper's lambda_2 (pixel covariances)
   })
+
+
+def _section(defaults: ml_collections.ConfigDict, section) -> ml_collections.ConfigDict:
+  """A config section over its defaults."""
+  if section is not None:
+    defaults.update(dict(section))
+  return defaults
 
 
 def resize_to_scales(images, sizes) -> List[jax.Array]:
@@ -85,8 +91,8 @@ class StackGANpp(StackGAN):
     # The StackGAN task's conditions (label table, held-out embeddings), without its two-stage set-up.
     if config.model.name != "stackganpp":
       raise UserError(f"task 'stackganpp' trains model stackganpp, got '{config.model.name}'")
-    self.sg = _merged(stackgan_defaults(), config.get("stackgan"))
-    self.pp = _merged(stackganpp_defaults(), config.get("stackganpp"))
+    self.sg = _section(stackgan_defaults(), config.get("stackgan"))
+    self.pp = _section(stackganpp_defaults(), config.get("stackganpp"))
     if self.sg.embedding not in ("label", "data"):
       raise unknown("stackgan.embedding", self.sg.embedding, ("label", "data"))
     if float(self.pp.color_coeff) < 0:

@@ -6,7 +6,6 @@ checks the forward semantics: layer order, GLU halves, padding, residual sums, n
 discriminators' reduce convs at 128 and 256, BatchNorm in inference mode.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
