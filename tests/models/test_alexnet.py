@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from family_checks import check_bfloat16
-from fast_init import random_variables
+from model_checks import check_bfloat16, random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.utils import abstract_variables, param_count

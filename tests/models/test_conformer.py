@@ -10,8 +10,7 @@ import pytest
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.utils import abstract_variables, param_count
-from fast_init import random_variables
-from fast_learning import Trainer
+from model_checks import Trainer, random_variables
 
 # pengzhiliang/Conformer README: Conformer-Ti 23.5M, Conformer-S 37.7M, Conformer-B 83.3M.
 OFFICIAL = {

@@ -5,13 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from family_checks import check_bfloat16
-from fast_init import random_variables
+from model_checks import check_bfloat16, random_variables, train_losses
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.models.convnext import ConvNeXtBlock
 from jaxcnn.utils import abstract_variables, param_count
-from learning_check import train_losses
 
 TORCHVISION_COUNTS = {"convnext_tiny": 28_589_128, "convnext_small": 50_223_688,
                       "convnext_base": 88_591_464, "convnext_large": 197_767_336}

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from family_checks import check_bfloat16, check_bn_axis_name
+from model_checks import check_bfloat16, check_bn_axis_name
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.models.googlenet import GoogLeNet, GoogLeNetOutputs

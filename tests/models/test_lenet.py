@@ -12,7 +12,7 @@ from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.models.lenet import C3_TABLE, SparseConv, Subsample, rbf_codes, rbf_map_loss, squash
 from jaxcnn.utils import abstract_variables, param_count
-from fast_init import random_variables
+from model_checks import random_variables
 
 # Table I of LeCun et al. 1998 as printed: rows S2 maps 0-5, columns C3 maps 0-15, X = connected.
 PAPER_TABLE_I = (

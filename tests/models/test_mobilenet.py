@@ -7,14 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from family_checks import check_bfloat16, check_bn_axis_name
-from fast_init import random_variables
+from model_checks import check_bfloat16, check_bn_axis_name, random_variables, train_losses
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.models.mobilenet import InvertedResidual, make_divisible
 from jaxcnn.layers.conv_norm import ConvBNAct
 from jaxcnn.utils import abstract_variables, param_count
-from learning_check import train_losses
 
 
 def _count(name, **kwargs):

@@ -8,8 +8,7 @@ import pytest
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.utils import abstract_variables, param_count
-from family_checks import check_bfloat16, check_bn_axis_name
-from fast_init import random_variables
+from model_checks import check_bfloat16, check_bn_axis_name, random_variables
 
 # torchvision 0.29 `sum(p.numel() for p in model.parameters())`, 1000 classes.
 TORCHVISION_COUNTS = {
