@@ -47,7 +47,8 @@ StackGAN (Zhang et al. 2017) adds, per stage:
     caption is drawn per image and step), or, with `stackgan.embedding='label'`,
     a fixed random vector per class (offline digits);
   * matching-aware discriminator: real images with mismatched embeddings (the
-    batch's embeddings rolled by one; pairs of the same class are left out)
+    global batch's embeddings rolled by one, on the pmap path too; pairs of the
+    same class are left out)
     count as fake: L_D = L_real + (L_fake + L_wrong) / 2, and with an
     unconditional logit (Stage II, `stackgan.uncond_coeff` = c > 0)
     (L_real + c L_ureal) / (1 + c) + (L_fake + L_wrong + c L_ufake) / (2 + c),
@@ -509,11 +510,21 @@ class StackGAN(GAN):
     """((cond_logits, uncond_logits or None), model_state) of D on `images` with batch['embedding']."""
     return self._apply(params, model_state, "discriminate", images, batch["embedding"], train=train)
 
+  def roll_batch(self, x):
+    """x rolled by one example over the global batch: on the pmap path each device takes its slice of the
+    rolled global batch, so the wrong pairs are those of the jit path (a per-device roll of a batch of one
+    would pair every image with its own embedding)."""
+    if not self.axis_name:
+      return jnp.roll(x, 1, axis=0)
+    rolled = jnp.roll(jax.lax.all_gather(x, self.axis_name, tiled=True), 1, axis=0)
+    n = x.shape[0]
+    return jax.lax.dynamic_slice_in_dim(rolled, jax.lax.axis_index(self.axis_name) * n, n)
+
   def discriminator_loss(self, params, model_state, batch, fake):
     kind, c = self.gan.loss, float(self.sg.uncond_coeff)
-    wrong_emb = jnp.roll(batch["embedding"], 1, axis=0)
+    wrong_emb = self.roll_batch(batch["embedding"])
     # A "mismatched" pair of the same class is no mismatch: leave it out.
-    mismatch = (batch["label"] != jnp.roll(batch["label"], 1, axis=0)).astype(jnp.float32)
+    mismatch = (batch["label"] != self.roll_batch(batch["label"])).astype(jnp.float32)
     (real, ureal), model_state = self.discriminate(params, model_state, batch["image"], batch, True)
     (wrong, _), model_state = self.discriminate(params, model_state, batch["image"], dict(batch, embedding=wrong_emb),
                                                 True)

@@ -145,16 +145,6 @@ class StackGANpp(StackGAN):
     return self._apply(params, model_state, "discriminate", list(images), condition, train=train)
 
   # --- losses --------------------------------------------------------------------
-  def roll_batch(self, x):
-    """x rolled by one example over the global batch: on the pmap path each device takes its slice of the
-    rolled global batch, so the wrong pairs are those of the jit path (a per-device roll of a batch of one
-    would pair every image with its own embedding)."""
-    if not self.axis_name:
-      return jnp.roll(x, 1, axis=0)
-    rolled = jnp.roll(jax.lax.all_gather(x, self.axis_name, tiled=True), 1, axis=0)
-    n = x.shape[0]
-    return jax.lax.dynamic_slice_in_dim(rolled, jax.lax.axis_index(self.axis_name) * n, n)
-
   def discriminator_losses(self, params, model_state, batch, fakes):
     """([D_i's loss per scale], model_state, metrics)."""
     kind, c = self.gan.loss, float(self.sg.uncond_coeff)
