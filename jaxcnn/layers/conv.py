@@ -5,14 +5,18 @@ HWIO, `bias`), so weights and converters see plain flax modules. They exist so
 that a faster per-backend formulation lands in one place for every model.
 
 On XLA:CPU (default backend 'cpu' when a function is traced) 2-D NHWC
-convolutions take the exact rewrites of `jaxcnn.layers.cpu_conv`: 1x1 and
-patchify convolutions as matmuls, depthwise convolutions as shifted
-multiply-adds, a faster kernel gradient for the rest, and for strided
-transposed convolutions a per-phase (sub-pixel) kernel gradient. Measured in
-benchmarks/ (conv_micro.py per layer, compare.py per model against PyTorch).
-Every other backend, layout or option goes to `lax` unchanged. Opt out with the environment variable `JAXCNN_CPU_CONV=0`
-(read at trace time); forward-mode autodiff (`jax.jvp`) of a CPU-traced
-convolution needs the opt-out.
+convolutions take `jaxcnn.layers.cpu_conv`: float32 convolutions run on
+oneDNN (the library PyTorch uses on CPU) through an XLA FFI custom call when
+its extension builds (`jaxcnn.layers.onednn`); 1x1 and patchify convolutions
+are matmuls; without oneDNN, depthwise convolutions are shifted multiply-adds
+and the rest get a faster kernel gradient; strided transposed convolutions
+get a per-phase (sub-pixel) kernel gradient. Measured in benchmarks/
+(README.md there; conv_micro.py per layer, compare.py per model against
+PyTorch). Every other backend, layout or option goes to `lax` unchanged.
+The environment variable `JAXCNN_CPU_CONV` (read at trace time) selects:
+`1`/`onednn` (default), `xla` (the pure-XLA rewrites, no oneDNN) or `0`
+(plain `lax`); forward-mode autodiff (`jax.jvp`) of a CPU-traced convolution
+needs `0`.
 """
 from typing import Callable, Optional
 

@@ -7,7 +7,7 @@ primitives (`conv_ffi.cc` beside this file), tied together by a
 
 The extension is compiled from the shipped C++ source with the system C++
 compiler (`$CXX`, else `g++`) on first use, against the `onednn` and
-`onednn-devel` wheels, into `$JAXCNN_CACHE_DIR` (default `~/.cache/jaxcnn`);
+`onednn-devel` wheels (the `cpu` extra of jaxcnn), into `$JAXCNN_CACHE_DIR` (default `~/.cache/jaxcnn`);
 the file name carries a hash of everything it was built from, so a new jaxlib
 or oneDNN builds a new one. Building takes a few seconds, once.
 
@@ -48,7 +48,7 @@ def _dist_file(dist: str, suffix: str) -> pathlib.Path:
   try:
     files = importlib.metadata.distribution(dist).files or []
   except importlib.metadata.PackageNotFoundError as e:
-    raise Unavailable(f"the '{dist}' package is not installed") from e
+    raise Unavailable(f"the '{dist}' package is not installed (pip install 'jaxcnn[cpu]')") from e
   for f in files:
     if str(f).replace(os.sep, "/").endswith(suffix):
       return pathlib.Path(f.locate()).resolve()
@@ -81,6 +81,8 @@ def _compile_command(cxx, output, include_dir, lib_dir):
 def build(include_dir, lib_dir) -> pathlib.Path:
   """Compiles the extension (once per source/jaxlib/oneDNN) and returns the library path."""
   cxx = os.environ.get("CXX", "g++")
+  if not _SOURCE.exists():  # e.g. a wheel built without package data
+    raise Unavailable(f"the extension source {_SOURCE} is missing")
   stamp = "|".join([_SOURCE.read_text(), jax.ffi.include_dir(), str(include_dir), str(lib_dir), cxx,
                     importlib.metadata.version("jaxlib"), importlib.metadata.version("onednn")])
   target = _cache_dir() / f"onednn_conv_{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.so"
