@@ -64,7 +64,7 @@ def convert_maxvit(name: str, state_dict: dict) -> dict:
   if name not in list_models("maxvit"):
     raise UserError(f"no MaxViT named '{name}' (known: {', '.join(list_models('maxvit'))})")
   if "head.fc.weight" not in state_dict or "stem.conv1.weight" not in state_dict:
-    raise UserError(f"the state dict is not a timm maxvit_*_tf model: no 'stem.conv1.weight' / 'head.fc.weight'")
+    raise UserError("the state dict is not a timm maxvit_*_tf model: no 'stem.conv1.weight' / 'head.fc.weight'")
   weights, variables = TorchWeights(name, state_dict), FlaxVariables()
   modules = sorted({key.rsplit(".", 1)[0] for key in state_dict if not key.endswith("num_batches_tracked")})
   for module in modules:

@@ -183,8 +183,8 @@ def convert_big_vision_vit(arrays, name: str = "vit", image_size: Optional[int] 
                     "bias": np.concatenate([leaf(f"{attn}{n}/bias").reshape(-1) for n in ("query", "key", "value")])},
             "proj": {"kernel": leaf(f"{attn}out/kernel").reshape(heads * head_dim, -1),
                      "bias": leaf(f"{attn}out/bias")}},
-        "mlp": {"fc1": {"kernel": leaf(f"MlpBlock_{mlp}/Dense_0/kernel"), "bias": leaf(f"MlpBlock_{mlp}/Dense_0/bias")},
-                "fc2": {"kernel": leaf(f"MlpBlock_{mlp}/Dense_1/kernel"), "bias": leaf(f"MlpBlock_{mlp}/Dense_1/bias")}}}
+        "mlp": {f"fc{j + 1}": {"kernel": leaf(f"MlpBlock_{mlp}/Dense_{j}/kernel"),
+                               "bias": leaf(f"MlpBlock_{mlp}/Dense_{j}/bias")} for j in (0, 1)}}
 
   params = {"patch_embed": {"kernel": take("embedding/kernel"), "bias": take("embedding/bias")}}
   has_cls = f"{p}cls" in arrays

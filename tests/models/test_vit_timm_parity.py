@@ -181,8 +181,8 @@ def big_vision_arrays(model, layout="big_vision", prefix=""):
       out[f"{attn}{n}/bias"] = bias.reshape(heads, -1)
     out[f"{attn}out/kernel"] = sd[b + "attn.proj.weight"].T.reshape(heads, -1, width)
     out[f"{attn}out/bias"] = sd[b + "attn.proj.bias"]
-    out[f"{root}LayerNorm_0/scale"], out[f"{root}LayerNorm_0/bias"] = sd[b + "norm1.weight"], sd[b + "norm1.bias"]
-    out[f"{root}LayerNorm_{ln2}/scale"], out[f"{root}LayerNorm_{ln2}/bias"] = sd[b + "norm2.weight"], sd[b + "norm2.bias"]
+    for ln, norm in ((0, "norm1"), (ln2, "norm2")):
+      out[f"{root}LayerNorm_{ln}/scale"], out[f"{root}LayerNorm_{ln}/bias"] = sd[f"{b}{norm}.weight"], sd[f"{b}{norm}.bias"]
     for j, fc in enumerate(("fc1", "fc2")):
       out[f"{root}MlpBlock_{mlp}/Dense_{j}/kernel"] = sd[f"{b}mlp.{fc}.weight"].T
       out[f"{root}MlpBlock_{mlp}/Dense_{j}/bias"] = sd[f"{b}mlp.{fc}.bias"]
