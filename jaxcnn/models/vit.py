@@ -36,10 +36,10 @@ LN_EPS = 1e-6  # ViT / big_vision / timm all use 1e-6, not flax's 1e-5 default.
 def drop_path(module: nn.Module, x, rate, train: bool):
   """Stochastic depth: zeroes whole samples of a residual branch with prob `rate`.
 
-  `rate` may be a traced scalar (one per layer under nn.scan). Kept samples are
+  `rate` may be a traced scalar (one per layer under nn.scan), or None for off. Kept samples are
   scaled by 1 / (1 - rate) so the expectation is unchanged.
   """
-  if not train or (isinstance(rate, (int, float)) and rate == 0):
+  if not train or rate is None or (isinstance(rate, (int, float)) and rate == 0):
     return x
   keep = 1.0 - jnp.asarray(rate, jnp.float32)
   mask = jax.random.bernoulli(module.make_rng("drop_path"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -143,7 +143,9 @@ class ViT(nn.Module):
     rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
     block = EncoderBlock
     if self.remat:  # argnums count self: (self, x, drop_path_rate, train)
-      block = nn.remat(block, prevent_cse=not self.scan_layers, static_argnums=(3,))
+      # Unrolled, the rates are Python floats: static, so a zero rate stays a no-op (no rng, no mask).
+      static = (3,) if self.scan_layers else (2, 3)
+      block = nn.remat(block, prevent_cse=not self.scan_layers, static_argnums=static)
     options = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
                    attention_dropout=self.attention_dropout, dtype=self.dtype,
                    param_dtype=self.param_dtype)
@@ -151,8 +153,8 @@ class ViT(nn.Module):
       for i, rate in enumerate(rates):
         x, _ = block(name=f"blocks_{i}", **options)(x, rate, train)
       return x
-    # Per-layer drop-path rates are scanned over; with none the rate is a static 0.
-    scanned_rates = jnp.asarray(rates, jnp.float32) if self.drop_path_rate > 0 else 0.0
+    # Per-layer drop-path rates are scanned over; with none the rate is None (static even under remat).
+    scanned_rates = jnp.asarray(rates, jnp.float32) if self.drop_path_rate > 0 else None
     blocks = nn.scan(block, variable_axes={"params": 0},
                      split_rngs={"params": True, "dropout": True, "drop_path": True},
                      in_axes=(0 if self.drop_path_rate > 0 else nn.broadcast, nn.broadcast),

@@ -155,6 +155,16 @@ def test_remat_gives_the_same_gradients(scan):
   chex.assert_trees_all_close(unscan_params(grads) if scan else grads, expected_grads, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_training_without_drop_path_needs_no_rng(scan):
+  """A zero drop-path rate stays static under remat: no 'drop_path' rng, no mask, same logits as eval."""
+  _, variables = tiny()
+  params = scan_params(variables["params"]) if scan else variables["params"]
+  model = create_model("vit", **TINY, scan_layers=scan, remat=True)
+  train_logits = jax.jit(lambda p, x: model.apply({"params": p}, x, train=True))(params, images())
+  chex.assert_trees_all_close(train_logits, model.apply({"params": params}, images()), atol=1e-5, rtol=1e-5)
+
+
 def test_unscan_inverts_scan():
   _, variables = tiny()
   chex.assert_trees_all_equal(unscan_params(scan_params(variables["params"])), variables["params"])
