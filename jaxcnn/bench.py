@@ -81,7 +81,7 @@ def bench(args, options) -> dict:
   flops = float((cost or {}).get("flops", float("nan")))
   for _ in range(args.warmup):
     state, loss = compiled(state, batch)
-  loss.block_until_ready()
+    loss.block_until_ready()
   times = []
   for _ in range(args.steps):
     t = time.perf_counter()
@@ -109,6 +109,10 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   args, extra = p.parse_known_args(argv)
+  if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+    print(f"error: --steps (>= 1), --warmup (>= 0) and --batch (>= 1) got {args.steps}, {args.warmup}, "
+          f"{args.batch}", file=sys.stderr)
+    return 2
   try:
     result = bench(args, _parse_options(extra))
   except UserError as e:

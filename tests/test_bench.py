@@ -6,7 +6,7 @@ from jaxcnn import bench
 
 def test_bench_prints_one_json_line(capsys):
   assert bench.main(["--model=lenet5_modern", "--batch=8", "--image-size=28", "--channels=1", "--steps=2",
-                     "--warmup=1"]) == 0
+                     "--warmup=0"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 1
   r = json.loads(lines[0])
@@ -20,3 +20,8 @@ def test_bench_prints_one_json_line(capsys):
 def test_bench_rejects_unknown_model(capsys):
   assert bench.main(["--model=nosuchnet"]) == 2
   assert "unknown model 'nosuchnet'" in capsys.readouterr().err
+
+
+def test_bench_rejects_bad_counts(capsys):
+  assert bench.main(["--model=lenet5_modern", "--steps=0"]) == 2
+  assert "--steps (>= 1)" in capsys.readouterr().err
