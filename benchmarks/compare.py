@@ -7,8 +7,9 @@ For each model it alternates, round by round, separate processes of
   jax       python -m jaxcnn.bench ...                    (the default: oneDNN, else the XLA rewrites)
   rewrite   JAXCNN_CPU_CONV=xla python -m jaxcnn.bench ... (only with --rewrite: the pure-XLA rewrites)
   baseline  JAXCNN_CPU_CONV=0 python -m jaxcnn.bench ...   (plain XLA convolutions)
-  torch     python benchmarks/torch_reference.py ...    (same architecture, channels_last, 2 threads)
-so all three see the same machine load, and prints the medians and the ratios
+  torch     python benchmarks/torch_reference.py ...    (same architecture, channels_last, 2 threads;
+                                                          ViTs: torch_vit_reference.py, timm's ViT)
+so all of them see the same machine load, and prints the medians and the ratios
 (JAX images/s / PyTorch images/s; >= 1.0 means JAX is at least as fast).
 Shapes: resnet18_cifar and vit_tiny_patch4_32 batch 128 at 32x32 with 10
 classes, resnet50 and mobilenet_v2 batch 16 at 224x224 with 1000 classes.
@@ -34,7 +35,9 @@ def _command(kind, model, shape, steps, warmup):
   flags = [f"--model={model}", f"--batch={shape['batch']}", f"--image-size={shape['image_size']}",
            f"--num-classes={shape['num_classes']}", f"--steps={steps}", f"--warmup={warmup}"]
   if kind == "torch":
-    return [sys.executable, os.path.join(ROOT, "benchmarks", "torch_reference.py")] + flags
+    # ViTs against timm's implementation (the faster PyTorch baseline, and the one jaxcnn's ViT matches).
+    script = "torch_vit_reference.py" if model.startswith("vit_") else "torch_reference.py"
+    return [sys.executable, os.path.join(ROOT, "benchmarks", script)] + flags
   return [sys.executable, "-m", "jaxcnn.bench"] + flags
 
 
