@@ -62,3 +62,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep_best = True     # also keep the best checkpoint by the task's headline eval metric
   c.checkpoint.use_async = True
   return c
+
+
+def cifar10_sgd_config(model_name: str, *, lr: float = 0.1, optimizer: str = "sgd", decay_all: bool = True,
+                       epochs: int = 200, batch_size: int = 128, weight_decay: float = 5e-4):
+  """The common CIFAR-10 recipe of the reference repos (kuangliu/pytorch-cifar): random crop + flip, SGD with
+  momentum 0.9 and weight decay 5e-4 (on every parameter, as torch's SGD), cosine from `lr` over `epochs` (200),
+  batch 128; eval and a checkpoint every 10 epochs. CIFAR-10 is downloaded and prepared on first use."""
+  c = base_config()
+  c.model.name = model_name
+  c.data.name = "cifar10"
+  c.data.augment = "crop,flip"
+  c.data.download = True
+  steps_per_epoch = -(-50_000 // batch_size)  # the last, partial batch of an epoch counts, as in torch
+  c.train.steps = epochs * steps_per_epoch
+  c.train.batch_size = batch_size
+  c.train.log_every = 100
+  c.optim.name = optimizer
+  c.optim.lr = lr
+  c.optim.weight_decay = weight_decay
+  c.optim.decay_all = decay_all
+  c.eval.every = 10 * steps_per_epoch
+  c.checkpoint.every = 10 * steps_per_epoch
+  return c

@@ -9,22 +9,8 @@ lr 0.01, weight decay 5e-4 on every parameter, batch 128, 200 epochs (78,200 ste
 (pad 4) + flip. Target: 74.7% test accuracy (its LeNet row: 0.7474, 62,006 params, best epoch). Not measured here:
 no CIFAR-10 download on this machine.
 """
-from experiments.configs.common import base_config
+from experiments.configs.common import cifar10_sgd_config
 
 
 def get_config():
-  c = base_config()
-  c.model.name = "lenet5_cifar"
-  c.data.name = "cifar10"
-  c.data.augment = "crop,flip"
-  c.data.download = True
-  c.train.steps = 78_200
-  c.train.batch_size = 128
-  c.train.log_every = 100
-  c.optim.name = "sgd"
-  c.optim.lr = 0.01
-  c.optim.weight_decay = 5e-4
-  c.optim.decay_all = True
-  c.eval.every = 3910
-  c.checkpoint.every = 3910
-  return c
+  return cifar10_sgd_config("lenet5_cifar", lr=0.01)

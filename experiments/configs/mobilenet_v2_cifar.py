@@ -9,22 +9,8 @@ paper's). The blocks here are torchvision's; kuangliu's add 1x1 projection short
 width (about 2.3M params in all), so expect the same ballpark rather than the exact number. Not measured here: no GPU
 and no CIFAR-10 download.
 """
-from experiments.configs.common import base_config
+from experiments.configs.common import cifar10_sgd_config
 
 
 def get_config():
-  c = base_config()
-  c.model.name = "mobilenet_v2_cifar"
-  c.data.name = "cifar10"
-  c.data.augment = "crop,flip"
-  c.data.download = True
-  c.train.steps = 78_200
-  c.train.batch_size = 128
-  c.train.log_every = 100
-  c.optim.name = "sgd"
-  c.optim.lr = 0.1
-  c.optim.weight_decay = 5e-4
-  c.optim.decay_all = True
-  c.eval.every = 3910
-  c.checkpoint.every = 3910
-  return c
+  return cifar10_sgd_config("mobilenet_v2_cifar")

@@ -7,22 +7,8 @@ Recipe: SGD Nesterov momentum 0.9, lr 0.1 x (batch/128), weight decay 5e-4 (not 
 reproduced result of this recipe, e.g. kuangliu/pytorch-cifar reports 95.4% for ResNet18). Not measured here:
 this machine has no GPU and no CIFAR-10 download.
 """
-from experiments.configs.common import base_config
+from experiments.configs.common import cifar10_sgd_config
 
 
 def get_config():
-  c = base_config()
-  c.model.name = "resnet18_cifar"
-  c.data.name = "cifar10"
-  c.data.augment = "crop,flip"
-  c.data.download = True
-  c.train.steps = 78_200
-  c.train.batch_size = 128
-  c.train.log_every = 100
-  c.optim.name = "nesterov"
-  c.optim.lr = 0.1
-  c.optim.weight_decay = 5e-4
-  c.optim.warmup_steps = 0
-  c.eval.every = 3910
-  c.checkpoint.every = 3910
-  return c
+  return cifar10_sgd_config("resnet18_cifar", optimizer="nesterov", decay_all=False)

@@ -7,22 +7,8 @@ on every parameter (torch's SGD), batch 128, 200 epochs (78,200 steps) with cosi
 Target: 92.64% test accuracy, the VGG16 row of that repository's README (a README number, not a paper's; the README
 does not say which of the repo's schedules produced it). Not measured here: no GPU and no CIFAR-10 download.
 """
-from experiments.configs.common import base_config
+from experiments.configs.common import cifar10_sgd_config
 
 
 def get_config():
-  c = base_config()
-  c.model.name = "vgg16_bn_cifar"
-  c.data.name = "cifar10"
-  c.data.augment = "crop,flip"
-  c.data.download = True
-  c.train.steps = 78_200
-  c.train.batch_size = 128
-  c.train.log_every = 100
-  c.optim.name = "sgd"
-  c.optim.lr = 0.1
-  c.optim.weight_decay = 5e-4
-  c.optim.decay_all = True
-  c.eval.every = 3910
-  c.checkpoint.every = 3910
-  return c
+  return cifar10_sgd_config("vgg16_bn_cifar")
