@@ -5,8 +5,8 @@
 
 Data: as `stackgan_cub` (dataset `cub_stackgan`, the StackGAN repo's `data/birds` folder with CUB_200_2011/
 and the train/test filenames and char-CNN-RNN-embeddings pickles; see that experiment's docstring and
-jaxcnn/data/embeddings.py). Each image is cropped around its bounding box, resized to 256x256 (bilinear) and
-randomly flipped; the task resizes the real batch to 64 and 128 for the two smaller discriminators (bilinear,
+jaxcnn/data/embeddings.py). Each image is cropped around its bounding box, resized to 76/64 of 256 and randomly
+cropped back to 256x256 and flipped, as the authors (`data.augment='scale_crop,flip'`); the task resizes the real batch to 64 and 128 for the two smaller discriminators (bilinear,
 antialiased, as PIL); one of the 10 caption embeddings is drawn per image and step.
 
 The authors' birds settings (code/cfg/birds_3stages.yml and the defaults of code/miscc/config.py):
@@ -16,8 +16,8 @@ loss weight 1, no colour-consistency term for text-to-image (COLOR_LOSS 0; the p
 unconditional tasks). The authors sample from an average of G's weights (decay 0.999 per step): here
 `train.ema_decay` 0.9995, since the EMA is updated after each of the two sub-steps (0.9995^2 = 0.999);
 it averages D too, which only changes `eval/d_real`. 21.2M parameters in G, 5.7M / 18.8M / 71.3M in D_64 /
-D_128 / D_256. Not reproduced: the authors' resize to 76/64 of the size and random crop back, and their
-"wrong" images being other real images rather than the batch's images with rolled embeddings.
+D_128 / D_256. Not reproduced: the authors' "wrong" images being other real images rather than the batch's
+images with rolled embeddings.
 
 Expected (paper, Table 2; Inception-v3 on 256x256 samples): Inception Score 4.04 +- 0.05 on CUB;
 eval/inception_score and eval/fid here use the project's CUB classifier (named in eval/fid_extractor), so
@@ -45,7 +45,7 @@ def get_config():
   c.data.name = "cub_stackgan"
   c.data.data_dir = ""             # required: the birds folder described above
   c.data.image_size = 256          # the largest scale
-  c.data.augment = "flip"
+  c.data.augment = "scale_crop,flip"   # the authors' Resize(76/64 size) + RandomCrop + RandomHorizontalFlip
   c.data.normalize = "symmetric"
   c.gan = gan_defaults()
   c.gan.fid_samples = 2933         # one per test image
