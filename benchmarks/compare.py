@@ -1,7 +1,7 @@
 """JAX (jaxcnn.bench, the trainer's real train step) against PyTorch on the same machine, in one run.
 
     python benchmarks/compare.py [--models=resnet18_cifar,resnet50,mobilenet_v2,vit_tiny_patch4_32]
-        [--rounds=3] [--steps=5] [--warmup=1] [--no-baseline] [--rewrite]
+        [--rounds=3] [--steps=5] [--warmup=1] [--no-baseline] [--rewrite] [--also=MODE,...]
 
 For each model it alternates, round by round, separate processes of
   jax       python -m jaxcnn.bench ...                    (the default: oneDNN, else the XLA rewrites)
@@ -43,7 +43,8 @@ def _command(kind, model, shape, steps, warmup):
 
 def run_one(kind, model, shape, steps, warmup) -> dict:
   env = dict(os.environ)
-  env["JAXCNN_CPU_CONV"] = {"baseline": "0", "rewrite": "xla"}.get(kind, "1")
+  # Kinds other than these name a JAXCNN_CPU_CONV value themselves (--also).
+  env["JAXCNN_CPU_CONV"] = {"baseline": "0", "rewrite": "xla", "jax": "1"}.get(kind, kind)
   out = subprocess.run(_command(kind, model, shape, steps, warmup), cwd=ROOT, env=env,
                        capture_output=True, text=True)
   if out.returncode != 0:
@@ -80,13 +81,15 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--no-baseline", action="store_true", help="skip the JAXCNN_CPU_CONV=0 runs")
   p.add_argument("--rewrite", action="store_true", help="also run JAXCNN_CPU_CONV=xla (no oneDNN)")
+  p.add_argument("--also", default="", help="comma-separated JAXCNN_CPU_CONV values to run as more JAX kinds")
   args = p.parse_args(argv)
   models = [m for m in args.models.split(",") if m]
   unknown = [m for m in models if m not in MODELS]
   if unknown:
     print(f"error: unknown models {unknown}; known: {sorted(MODELS)}", file=sys.stderr)
     return 2
-  kinds = ["jax"] + (["rewrite"] if args.rewrite else []) + ([] if args.no_baseline else ["baseline"]) + ["torch"]
+  also = [k for k in args.also.split(",") if k]
+  kinds = ["jax"] + also + (["rewrite"] if args.rewrite else []) + ([] if args.no_baseline else ["baseline"]) + ["torch"]
   rows = [compare(m, args.rounds, args.steps, args.warmup, kinds) for m in models]
   ours = [k for k in kinds if k != "torch"]
   print(f"{'model':20s} {'batch':>5s} {'size':>4s} " + " ".join(f"{k:>9s}" for k in kinds) + " "

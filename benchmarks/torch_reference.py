@@ -59,15 +59,17 @@ def bench(args) -> dict:
 
   for _ in range(args.warmup):
     step()
-  times = []
+  times, cpu_times = [], []
   for _ in range(args.steps):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     loss = step()
     times.append(time.perf_counter() - t)
+    cpu_times.append(time.process_time() - c)
   median = statistics.median(times)
   return {"model": args.model, "framework": "torch", "batch": args.batch, "image_size": args.image_size,
           "threads": torch.get_num_threads(), "step_ms_median": round(median * 1e3, 3),
           "step_ms_min": round(min(times) * 1e3, 3), "images_per_s": round(args.batch / median, 2),
+          "cpu_s_per_step": round(statistics.median(cpu_times), 3),
           "loss": loss.item(), "param_count": sum(p.numel() for p in model.parameters())}
 
 

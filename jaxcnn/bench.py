@@ -82,17 +82,20 @@ def bench(args, options) -> dict:
   for _ in range(args.warmup):
     state, loss = compiled(state, batch)
     loss.block_until_ready()
-  times = []
+  times, cpu_times = [], []
   for _ in range(args.steps):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     state, loss = compiled(state, batch)
     loss.block_until_ready()
     times.append(time.perf_counter() - t)
+    cpu_times.append(time.process_time() - c)
   median = statistics.median(times)
   return {"model": args.model, "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
           "backend": jax.default_backend(), "devices": 1, "compile_s": round(compile_s, 3),
           "step_ms_median": round(median * 1e3, 3), "step_ms_min": round(min(times) * 1e3, 3),
-          "images_per_s": round(args.batch / median, 2), "flops_per_step": flops,
+          "images_per_s": round(args.batch / median, 2),
+          # CPU seconds of all threads per step: wall time x cores kept busy.
+          "cpu_s_per_step": round(statistics.median(cpu_times), 3), "flops_per_step": flops,
           "flops_per_s": flops / median, "loss": float(loss),
           "param_count": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))}
 

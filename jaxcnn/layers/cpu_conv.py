@@ -28,9 +28,14 @@ same arithmetic (no approximation; only the summation order changes):
   convolutions keep XLA's forward and input gradient; the kernel gradient is
   computed per output phase (sub-pixel), one `weight_grad` per phase.
 
-Ahead of all of these, float32 convolutions go to oneDNN (the library
-PyTorch runs on CPU) through an XLA FFI custom call, `jaxcnn.layers.onednn`,
-when its extension can be built and loaded; otherwise the XLA rewrites above.
+Ahead of all of these, float32 convolutions other than pointwise ones go to
+oneDNN (the library PyTorch runs on CPU) through XLA FFI custom calls,
+`jaxcnn.layers.onednn`, for the forward and both gradients, when its extension
+can be built and loaded; otherwise the XLA rewrites above. (`weight_grad` is
+faster than oneDNN's kernel gradient for a convolution measured alone, but in
+a train step XLA fuses the BatchNorm/ReLU that produce its input into the
+[C, H, W, N] transpose Eigen needs, and that fused transpose cost more than
+oneDNN's whole kernel gradient: benchmarks/README.md.)
 
 The choice comes from `mode()`, read when a function is traced (set the
 variable before the first `jit` of a model): on a CPU default backend,
@@ -386,47 +391,20 @@ def _conv_bwd(strides, pads, rhs_dilation, feature_group_count, precision, prefe
 conv_fast_weight_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv_onednn_fast_weight_grad(x, w, strides, pads, rhs_dilation, feature_group_count):
-  """float32 convolution: oneDNN forward and input gradient, `weight_grad` for the kernel gradient.
-
-  On AVX2 machines oneDNN's kernel-gradient primitive (`jit:avx2`) ran slower
-  than `weight_grad` for most ResNet layers (benchmarks/README.md), while its
-  forward and input-gradient primitives beat XLA's.
-  """
-  return onednn.forward(x, w, strides, pads, rhs_dilation, feature_group_count)
-
-
-def _onednn_fwd(x, w, strides, pads, rhs_dilation, feature_group_count):
-  return onednn.forward(x, w, strides, pads, rhs_dilation, feature_group_count), (x, w)
-
-
-def _onednn_bwd(strides, pads, rhs_dilation, feature_group_count, res, dy):
-  x, w = res
-  dx = onednn.input_grad(dy, w, x.shape, strides, pads, rhs_dilation, feature_group_count)
-  dw = weight_grad(x, dy.astype(x.dtype), w.shape[:2], strides, pads, rhs_dilation, feature_group_count)
-  return dx, dw.astype(w.dtype)
-
-
-conv_onednn_fast_weight_grad.defvjp(_onednn_fwd, _onednn_bwd)
-
-
 def conv_nhwc(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_count=1, precision=None,
               preferred_element_type=None):
   """The CPU formulation of an NHWC/HWIO convolution with explicit padding (no input dilation).
 
   In mode 'onednn', when oneDNN takes these operands and its extension
-  loads: depthwise convolutions entirely on oneDNN, other non-pointwise ones
-  with oneDNN's forward and input gradient and `weight_grad`. Pointwise
-  (1x1, patchify) convolutions stay matmuls. Everything else: `conv_nhwc_xla`.
+  loads: every non-pointwise convolution (forward and both gradients) on
+  oneDNN. Pointwise (1x1, patchify) convolutions stay matmuls. Everything
+  else: `conv_nhwc_xla`.
   """
   strides, rhs_dilation, pads = tuple(strides), tuple(rhs_dilation), tuple(map(tuple, pads))
   pointwise = feature_group_count == 1 and is_pointwise(w.shape[:2], strides, pads, rhs_dilation)
   if (mode() == "onednn" and not pointwise
       and onednn.supports(x, w, pads, feature_group_count, preferred_element_type) and onednn.available()):
-    if is_depthwise(x.shape[3], w.shape, feature_group_count):
-      return onednn.conv(x, w, strides, pads, rhs_dilation, feature_group_count)
-    return conv_onednn_fast_weight_grad(x, w, strides, pads, rhs_dilation, feature_group_count)
+    return onednn.conv(x, w, strides, pads, rhs_dilation, feature_group_count)
   return conv_nhwc_xla(x, w, strides, pads, rhs_dilation, feature_group_count, precision,
                        preferred_element_type)
 

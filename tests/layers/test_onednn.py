@@ -86,8 +86,8 @@ def test_inconsistent_shapes_are_left_to_lax():
 
 @needs_onednn
 @pytest.mark.parametrize("w_shape,groups,targets", [
-    ((3, 3, 4, 4), 1, {"fwd", "bwd_data"}),                  # kernel gradient: cpu_conv.weight_grad
-    ((3, 3, 1, 4), 4, {"fwd", "bwd_data", "bwd_weights"}),   # depthwise: all on oneDNN
+    ((3, 3, 4, 4), 1, {"fwd", "bwd_data", "bwd_weights"}),
+    ((3, 3, 1, 4), 4, {"fwd", "bwd_data", "bwd_weights"}),   # depthwise
     ((1, 1, 4, 4), 1, set()),                                # pointwise: a matmul
 ])
 def test_layers_route_float32_to_onednn(w_shape, groups, targets, monkeypatch):
