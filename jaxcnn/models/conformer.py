@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import UserError
-from jaxcnn.layers import Conv
+from jaxcnn.layers import Conv, LayerNorm, gelu, max_pool
 from jaxcnn.models.vit import EncoderBlock
 from jaxcnn.registry import register_model
 
@@ -100,8 +100,8 @@ class FCUDown(nn.Module):
              param_dtype=self.param_dtype, name="conv_project")(x)
     x = nn.avg_pool(x, (self.stride, self.stride), (self.stride, self.stride))
     x = x.reshape(x.shape[0], -1, x.shape[-1])
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="ln")(x)
-    x = nn.gelu(x, approximate=False)
+    x = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="ln")(x)
+    x = gelu(x)
     return jnp.concatenate([x_t[:, :1].astype(x.dtype), x], axis=1)
 
 
@@ -225,7 +225,7 @@ class Conformer(nn.Module):
       x = conv(self.stem_width, (3, 3), 1, padding=1, name="conv1")(x)
     x_base = nn.relu(norm(epsilon=1e-5, name="bn1")(x))
     if self.stem == "imagenet":
-      x_base = nn.max_pool(x_base, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x_base = max_pool(x_base, 3, 2, padding=1)
 
     dw = self.patch_size // self._stem_stride()
     stage_channels = [self.base_channel * self.channel_ratio * 2**i for i in range(3)]
@@ -257,7 +257,7 @@ class Conformer(nn.Module):
 
     conv_logits = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="conv_cls_head")(jnp.mean(x, axis=(1, 2)))
-    x_t = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype, name="trans_norm")(x_t)
+    x_t = LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype, name="trans_norm")(x_t)
     trans_logits = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="trans_cls_head")(x_t[:, 0])
     if self.return_heads:

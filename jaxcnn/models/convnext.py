@@ -45,11 +45,10 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.layers import Conv, DropPath
+from jaxcnn.layers import Conv, DropPath, LayerNorm, gelu
 from jaxcnn.layers.drop import check_rate
 from jaxcnn.registry import register_model
 
@@ -57,9 +56,8 @@ kernel_init = nn.initializers.truncated_normal(0.02)
 
 
 def _layer_norm(module, name):
-  # Exact two-pass variance: torch's LayerNorm computes it that way, and eps is small (1e-6).
-  return nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, dtype=module.dtype,
-                      param_dtype=module.param_dtype, name=name)
+  # jaxcnn's LayerNorm takes the variance of the centred values (two passes), as torch does; eps is small.
+  return LayerNorm(epsilon=1e-6, dtype=module.dtype, param_dtype=module.param_dtype, name=name)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -76,7 +74,7 @@ class ConvNeXtBlock(nn.Module):
     y = Conv(dim, (7, 7), padding=3, feature_group_count=dim, kernel_init=kernel_init,
              dtype=self.dtype, param_dtype=self.param_dtype, name="dwconv")(x)
     y = _layer_norm(self, "norm")(y)
-    y = jax.nn.gelu(dense(4 * dim, name="pwconv1")(y), approximate=False)
+    y = gelu(dense(4 * dim, name="pwconv1")(y))
     y = dense(dim, name="pwconv2")(y)
     gamma = self.param("layer_scale", nn.initializers.constant(self.layer_scale_init), (dim,), self.param_dtype)
     y = y * jnp.asarray(gamma, self.dtype)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import UserError
-from jaxcnn.layers import Conv, DropPath
+from jaxcnn.layers import Conv, DropPath, LayerNorm
 from jaxcnn.layers.attention import MultiHeadSelfAttention
 from jaxcnn.layers.channel_attention import SqueezeExcitation
 from jaxcnn.registry import register_model
@@ -150,7 +150,7 @@ class PartitionAttention(nn.Module):
   def __call__(self, x, train: bool = False):
     _, height, width, dim = x.shape
     heads = dim // self.dim_head
-    norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    norm = lambda name: LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     dense = lambda features, name: nn.Dense(features, kernel_init=dense_init, dtype=self.dtype,
                                             param_dtype=self.param_dtype, name=name)
     split, merge = (window_partition, window_reverse) if self.partition == "block" \
@@ -258,7 +258,7 @@ class MaxViT(nn.Module):
         index += 1
 
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="head_norm")(x)
+    x = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="head_norm")(x)
     hidden = self.head_hidden_size or self.embed_dim[-1]
     x = jnp.tanh(nn.Dense(hidden, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype,
                           name="head_pre_logits")(x))

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.layers import Conv
+from jaxcnn.layers import Conv, LayerNorm, gelu
 from jaxcnn.layers.attention import MultiHeadSelfAttention
 from jaxcnn.registry import register_model
 
@@ -64,7 +64,7 @@ class MlpBlock(nn.Module):
         dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     shape = x.shape
     x = dense(self.mlp_dim, "fc1")(x.reshape(-1, shape[-1]))
-    x = nn.gelu(x, approximate=False)  # exact erf GELU, as timm / torch nn.GELU
+    x = gelu(x)  # exact erf GELU, as timm / torch nn.GELU
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     x = dense(shape[-1], "fc2")(x).reshape(shape)
     return nn.Dropout(self.dropout)(x, deterministic=not train)
@@ -84,7 +84,7 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, drop_path_rate, train: bool = False):
-    norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype,
+    norm = lambda name: LayerNorm(epsilon=LN_EPS, dtype=self.dtype,
                                      param_dtype=self.param_dtype, name=name)
     y = norm("norm1")(x)
     y = MultiHeadSelfAttention(num_heads=self.num_heads, dropout_rate=self.attention_dropout,
@@ -178,7 +178,7 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
 
     x = self._encode(x, train)
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
+    x = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                     param_dtype=self.param_dtype, name="head")(x)
