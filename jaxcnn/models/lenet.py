@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import UserError
-from jaxcnn.layers import Conv, conv_general_dilated
+from jaxcnn.layers import Conv, conv_general_dilated, max_pool
 from jaxcnn.registry import register_model
 
 SQUASH_A = 1.7159
@@ -202,9 +202,9 @@ class LeNet5Modern(nn.Module):
     x = jnp.asarray(x, self.dtype)
     pad = int(self.c1_padding)
     x = nn.relu(Conv(6, (5, 5), padding=((pad, pad), (pad, pad)), name="C1", **layer)(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = max_pool(x, 2, 2)
     x = nn.relu(Conv(16, (5, 5), padding="VALID", name="C3", **layer)(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = max_pool(x, 2, 2)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(120, name="C5", **layer)(x))
     x = nn.relu(nn.Dense(84, name="F6", **layer)(x))

@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.layers import Conv
+from jaxcnn.layers import Conv, max_pool
 from jaxcnn.layers.attention_blocks import ATTENTION_BLOCKS, make_attention
 from jaxcnn.registry import register_model
 
@@ -296,7 +296,7 @@ class ResNet(nn.Module):
     x = nn.relu(norm(name="bn1")(x))
     features["stem"] = x
     if self.stem == "imagenet":
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, 3, 2, padding=1)
     return x
 
   def _block(self, stage: int, index: int, conv, norm) -> nn.Module:
