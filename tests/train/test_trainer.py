@@ -194,13 +194,17 @@ def batchnorm_runs(tmp_path_factory):
 
 
 def test_batchnorm_statistics_are_global(batchnorm_runs):
-  """Per-device statistics would differ from the 1-device run (4 examples per device vs 32)."""
+  """Per-device statistics would differ from the 1-device run (4 examples per device vs 32).
+
+  Equal up to float summation order: oneDNN's kernel-gradient reductions split work by thread, and 8 devices
+  calling it at once split it differently (2.4e-4 relative after 8 steps was seen).
+  """
   one, jit8, pmap8 = (losses(batchnorm_runs[k][0]) for k in ("one", "jit8", "pmap8"))
-  np.testing.assert_allclose([jit8[s] for s in one], [one[s] for s in one], rtol=1e-4)
-  np.testing.assert_allclose([pmap8[s] for s in one], [one[s] for s in one], rtol=1e-4)
+  np.testing.assert_allclose([jit8[s] for s in one], [one[s] for s in one], rtol=1e-3)
+  np.testing.assert_allclose([pmap8[s] for s in one], [one[s] for s in one], rtol=1e-3)
   ref = final_params(batchnorm_runs["one"][0])
   chex.assert_trees_all_close(final_params(batchnorm_runs["pmap8"][0]), ref, rtol=1e-3, atol=1e-5)
-  np.testing.assert_allclose(batchnorm_runs["pmap8"][1]["eval/loss"], batchnorm_runs["one"][1]["eval/loss"], rtol=1e-4)
+  np.testing.assert_allclose(batchnorm_runs["pmap8"][1]["eval/loss"], batchnorm_runs["one"][1]["eval/loss"], rtol=1e-3)
 
 
 def test_finetune_from_a_workdir_with_a_frozen_backbone(reference_run, tmp_path):
