@@ -60,6 +60,9 @@ def main(argv=None):
   modes = [m for m in args.modes.split(",") if m]
   compiled = {}
   for mode in modes:  # not donated: every mode steps from the same state
+    # The mode is read at trace time, and JAX reuses traces of inner functions (remat, scan,
+    # custom_vjp) across jits: without this every mode would run the first mode's program.
+    jax.clear_caches()
     os.environ["JAXCNN_CPU_CONV"] = mode
     compiled[mode] = jax.jit(step).lower(state, data).compile()
     compiled[mode](state, data)[1].block_until_ready()

@@ -74,7 +74,8 @@ def bench(args, options) -> dict:
     return new.replace(step=state.step + 1), metrics["train/loss"]
 
   t0 = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+  compiled = jax.jit(step, donate_argnums=0, compiler_options=task.compiler_options() or None).lower(
+      state, batch).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -23,7 +23,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.layers import cpu_conv, onednn
+
 Initializer = Callable[..., jax.Array]
+
+
+def _onednn_attention(qkv) -> bool:
+  """True when the CPU attention should be jaxcnn.layers.onednn's fused custom calls."""
+  return cpu_conv.mode() == "onednn" and onednn.supports_attention(qkv) and onednn.available()
 
 
 def _as_4d_bias(bias, dtype=jnp.float32):
@@ -99,7 +106,10 @@ class MultiHeadSelfAttention(nn.Module):
                    dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x.reshape(-1, dim))
     qkv = qkv.reshape(sequences, length, 3, self.num_heads, head_dim)
     dropout = train and self.dropout_rate > 0
-    if dropout or (self.implementation is None and jax.default_backend() == "cpu"):
+    on_cpu = self.implementation is None and jax.default_backend() == "cpu"
+    if on_cpu and not dropout and bias is None and _onednn_attention(qkv):
+      out = onednn.attention(qkv, head_dim ** -0.5)
+    elif dropout or on_cpu:
       out = self._head_major_attention(qkv, bias, train)
     else:
       out = self._fused_attention(qkv, bias)

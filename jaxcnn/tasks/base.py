@@ -66,6 +66,18 @@ class Task(abc.ABC):
     from jaxcnn.utils import param_count
     return param_count(params)
 
+  def compiler_options(self) -> Dict[str, Any]:
+    """XLA options for compiling the train step: the model's `cpu_compiler_options` on CPU.
+
+    Only with the CPU formulations enabled (`jaxcnn.layers.cpu_conv`): `JAXCNN_CPU_CONV=0`
+    keeps plain XLA, options included. GPU/TPU compiles get none.
+    """
+    from jaxcnn.layers import cpu_conv
+    model = getattr(self, "model", None)
+    if model is None or not cpu_conv.enabled():
+      return {}
+    return dict(getattr(model, "cpu_compiler_options", {}))
+
   def describe(self) -> Dict[str, Any]:
     """What a checkpoint must match to be resumed by this config (model name, ...)."""
     return {"task": type(self).__name__, "model": self.config.model.name}

@@ -183,7 +183,8 @@ class _JitRunner:
     self.batch_sharding = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
     self._step = jax.jit(_advance(task, tx), in_shardings=(shardings, self.batch_sharding),
-                         out_shardings=(shardings, repl), donate_argnums=0)
+                         out_shardings=(shardings, repl), donate_argnums=0,
+                         compiler_options=task.compiler_options() or None)
     self._eval = jax.jit(lambda s, b: task.eval_step(task.eval_variables(s), b),
                          in_shardings=(shardings, self.batch_sharding), out_shardings=repl)
 

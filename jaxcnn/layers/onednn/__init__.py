@@ -1,9 +1,13 @@
-"""2-D convolutions on XLA:CPU through oneDNN, the library PyTorch uses on CPU.
+"""2-D convolutions and self-attention on XLA:CPU through oneDNN, the library PyTorch uses on CPU.
 
 `conv` is an NHWC/HWIO float32 convolution whose forward, input gradient and
 kernel gradient are each one XLA FFI custom call into oneDNN's convolution
 primitives (`conv_ffi.cc` beside this file), tied together by a
 `jax.custom_vjp`, so `jit` and `grad` of model code work unchanged.
+`attention` is multi-head scaled dot-product attention on the fused qkv
+projection, one custom call forward and one backward (`attention_ffi.cc`):
+oneDNN batched matmuls that read q, k, v through strided views, so the
+head-major transposes XLA needs are never made.
 
 The extension is compiled from the shipped C++ source with the system C++
 compiler (`$CXX`, else `g++`) on first use, against the `onednn` and
@@ -32,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCE = pathlib.Path(__file__).with_name("conv_ffi.cc")
-_TARGETS = ("fwd", "bwd_data", "bwd_weights")
+_SOURCES = tuple(pathlib.Path(__file__).with_name(f) for f in ("conv_ffi.cc", "attention_ffi.cc"))
+_TARGETS = tuple(f"jaxcnn_onednn_conv_{n}" for n in ("fwd", "bwd_data", "bwd_weights")) + (
+    "jaxcnn_onednn_attention_fwd", "jaxcnn_onednn_attention_bwd")
 _log = logging.getLogger(__name__)
 
 Pads = Tuple[Tuple[int, int], Tuple[int, int]]
@@ -73,7 +78,7 @@ def _cache_dir() -> pathlib.Path:
 def _compile_command(cxx, output, include_dir, lib_dir):
   # --disable-new-dtags writes an RPATH (not RUNPATH), which the loader also uses for libdnnl's
   # own dependencies (libtbb, libsycl, ...) that sit beside it in the same lib directory.
-  return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(_SOURCE), "-o", str(output),
+  return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", *map(str, _SOURCES), "-o", str(output),
           f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", f"-L{lib_dir}", "-ldnnl",
           f"-Wl,--disable-new-dtags,-rpath,{lib_dir}"]
 
@@ -81,9 +86,10 @@ def _compile_command(cxx, output, include_dir, lib_dir):
 def build(include_dir, lib_dir) -> pathlib.Path:
   """Compiles the extension (once per source/jaxlib/oneDNN) and returns the library path."""
   cxx = os.environ.get("CXX", "g++")
-  if not _SOURCE.exists():  # e.g. a wheel built without package data
-    raise Unavailable(f"the extension source {_SOURCE} is missing")
-  stamp = "|".join([_SOURCE.read_text(), jax.ffi.include_dir(), str(include_dir), str(lib_dir), cxx,
+  for source in _SOURCES:
+    if not source.exists():  # e.g. a wheel built without package data
+      raise Unavailable(f"the extension source {source} is missing")
+  stamp = "|".join([s.read_text() for s in _SOURCES] + [jax.ffi.include_dir(), str(include_dir), str(lib_dir), cxx,
                     importlib.metadata.version("jaxlib"), importlib.metadata.version("onednn")])
   target = _cache_dir() / f"onednn_conv_{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.so"
   if target.exists():
@@ -95,7 +101,7 @@ def build(include_dir, lib_dir) -> pathlib.Path:
   try:
     result = subprocess.run(_compile_command(cxx, tmp, include_dir, lib_dir), capture_output=True, text=True)
     if result.returncode != 0:
-      raise Unavailable(f"compiling {_SOURCE.name} failed: {result.stderr.strip()[-800:]}")
+      raise Unavailable(f"compiling {', '.join(s.name for s in _SOURCES)} failed: {result.stderr.strip()[-800:]}")
     os.replace(tmp, target)
   except FileNotFoundError as e:
     raise Unavailable(f"no C++ compiler '{cxx}'") from e
@@ -124,8 +130,7 @@ def _load():
     raise Unavailable(f"loading {path} failed: {e}") from e
   if lib.jaxcnn_onednn_probe() != 1:
     raise Unavailable("oneDNN could not create a CPU engine")
-  for name in _TARGETS:
-    symbol = f"jaxcnn_onednn_conv_{name}"
+  for symbol in _TARGETS:
     jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
 
 
@@ -206,3 +211,42 @@ def _conv_bwd(strides, pads, dilation, groups, res, dy):
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+# ----------------------------------------------------------------------------- attention
+
+def supports_attention(qkv) -> bool:
+  """Operands `attention` takes: float32 [S, N, 3, H, d]."""
+  return qkv.ndim == 5 and qkv.shape[2] == 3 and qkv.dtype == jnp.dtype(jnp.float32)
+
+
+def _attention_forward(qkv, scale):
+  s, n, _, h, d = qkv.shape
+  out = (jax.ShapeDtypeStruct((s, n, h, d), jnp.float32), jax.ShapeDtypeStruct((s, h, n, n), jnp.float32))
+  return jax.ffi.ffi_call("jaxcnn_onednn_attention_fwd", out, vmap_method="sequential")(
+      qkv, scale=np.float32(scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def attention(qkv, scale: float):
+  """softmax(scale q k^T) v per head; qkv float32 [S, N, 3, H, d] -> [S, N, H, d].
+
+  q, k, v are `qkv[:, :, 0]`, `[:, :, 1]`, `[:, :, 2]` (timm's split of the
+  fused projection). Callers check `available()` and `supports_attention()`.
+  """
+  return _attention_forward(qkv, scale)[0]
+
+
+def _attention_fwd(qkv, scale):
+  out, probs = _attention_forward(qkv, scale)
+  return out, (qkv, probs)
+
+
+def _attention_bwd(scale, res, dout):
+  qkv, probs = res
+  grad = jax.ffi.ffi_call("jaxcnn_onednn_attention_bwd", jax.ShapeDtypeStruct(qkv.shape, jnp.float32),
+                          vmap_method="sequential")(qkv, probs, dout.astype(jnp.float32), scale=np.float32(scale))
+  return (grad,)
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
