@@ -1,7 +1,7 @@
 """One model's train step under several JAXCNN_CPU_CONV modes, timed in turns inside one process.
 
     python benchmarks/step_ab.py --model=resnet18_cifar --batch=32 --image-size=32 --num-classes=10
-        [--modes=xla,1] [--rounds=5]
+        [--modes=xla,1,1:no-options] [--rounds=5]
 
 `compare.py` runs each variant in its own process, one after the other, so a
 load change between two processes shows up as a speed difference. Here every
@@ -9,7 +9,9 @@ mode's step is compiled in the same process (the mode is read at trace time)
 and the steps run in turns, round by round, so all modes see the same load.
 Prints the median step time of each mode and the median per-round ratio to
 the first mode (< 1: faster than the first mode). The step is the trainer's
-classification step with SGD, as in `python -m jaxcnn.bench`.
+classification step with SGD, compiled with the model's XLA options
+(`Task.compiler_options`) as in `python -m jaxcnn.bench`; a mode suffixed
+`:no-options` compiles without them. Also prints the CPU time per step.
 """
 import argparse
 import json
@@ -63,19 +65,26 @@ def main(argv=None):
     # The mode is read at trace time, and JAX reuses traces of inner functions (remat, scan,
     # custom_vjp) across jits: without this every mode would run the first mode's program.
     jax.clear_caches()
-    os.environ["JAXCNN_CPU_CONV"] = mode
-    compiled[mode] = jax.jit(step).lower(state, data).compile()
+    conv_mode, _, suffix = mode.partition(":")
+    if suffix not in ("", "no-options"):
+      raise SystemExit(f"unknown mode suffix {suffix!r} in {mode!r} (allowed: ':no-options')")
+    os.environ["JAXCNN_CPU_CONV"] = conv_mode
+    options = None if suffix else task.compiler_options() or None
+    compiled[mode] = jax.jit(step, compiler_options=options).lower(state, data).compile()
     compiled[mode](state, data)[1].block_until_ready()
   times = {mode: [] for mode in modes}
+  cpu = {mode: [] for mode in modes}
   for _ in range(args.rounds):
     for mode in modes:
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       compiled[mode](state, data)[1].block_until_ready()
       times[mode].append(time.perf_counter() - start)
+      cpu[mode].append(time.process_time() - cpu_start)
   first = modes[0]
   print(json.dumps({
       "model": args.model, "batch": args.batch, "image_size": args.image_size, "rounds": args.rounds,
       "step_ms_median": {m: round(statistics.median(t) * 1e3, 1) for m, t in times.items()},
+      "cpu_ms_median": {m: round(statistics.median(t) * 1e3, 1) for m, t in cpu.items()},
       f"ratio_to_{first}": {m: round(statistics.median(a / b for a, b in zip(times[m], times[first])), 3)
                             for m in modes}}))
   return 0

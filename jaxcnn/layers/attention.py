@@ -15,6 +15,10 @@ makes XLA:CPU transpose the activations for every kernel gradient: 2x slower),
 and q, k, v are split head-major ([B, heads, N, head_dim], one transpose of
 the fused qkv, as timm does) for two batched matmuls: 1.5x faster than
 `jax.nn.dot_product_attention`'s token-major einsums. Same function either way.
+Faster still, and the default on CPU where it applies (float32, no logit
+bias, no attention dropout, oneDNN available, `JAXCNN_CPU_CONV` at its
+default): `jaxcnn.layers.onednn.attention`, one custom call forward and one
+backward that read q, k, v straight out of the fused qkv (benchmarks/README.md).
 """
 import math
 from typing import Any, Callable, Optional
@@ -57,8 +61,8 @@ class MultiHeadSelfAttention(nn.Module):
   On GPU/TPU, or when `implementation` is set, the scaled dot-product goes
   through `jax.nn.dot_product_attention`, which picks fused kernels where the
   backend has them (`implementation='cudnn'` forces cuDNN flash attention on
-  GPU). On CPU (no fused kernel there) it is two head-major batched matmuls
-  around a float32 softmax, the same function, faster (see the module
+  GPU). On CPU (no fused kernel in XLA there) it is oneDNN's custom calls, or
+  two head-major batched matmuls around a float32 softmax (see the module
   docstring). `jax.nn.dot_product_attention` has no dropout, so when
   `dropout_rate > 0` and `train=True` the head-major weights are formed
   explicitly and dropped with the 'dropout' rng.
