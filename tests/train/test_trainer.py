@@ -172,7 +172,7 @@ def test_lenet_digits_learns(tmp_path):
   """The README's main job: the faithful LeNet-5 on digits reaches >= 97% test accuracy.
 
   On one device, as the README's command runs on a CPU machine (the 8 test devices would make
-  every device compute the whole batch in the oneDNN convolutions, 4x the time: see README).
+  every device compute the whole batch in the oneDNN convolutions, ~3x the time: see README).
   """
   config, _ = get_experiment("lenet_digits")
   summary = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
