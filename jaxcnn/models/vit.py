@@ -117,7 +117,7 @@ class ViT(nn.Module):
   param_dtype: Any = jnp.float32
 
   # XLA:CPU options for the train step (read by Task.compiler_options): without YNNPACK fusions
-  # the projections and MLP matmuls run on Eigen, 3-5% faster per vit_tiny_patch4_32 step
+  # the projections and MLP matmuls run on Eigen, 3-7% faster per vit_tiny_patch4_32 step
   # (in-process A/B, benchmarks/README.md); the CNNs keep YNNPACK (mobilenet_v2 1.6x slower without).
   cpu_compiler_options: ClassVar[Dict[str, Any]] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _SOURCES = tuple(pathlib.Path(__file__).with_name(f) for f in ("conv_ffi.cc", "attention_ffi.cc"))
+_HEADER = pathlib.Path(__file__).with_name("onednn_common.h")  # included by both sources
 _TARGETS = tuple(f"jaxcnn_onednn_conv_{n}" for n in ("fwd", "bwd_data", "bwd_weights")) + (
     "jaxcnn_onednn_attention_fwd", "jaxcnn_onednn_attention_bwd")
 _log = logging.getLogger(__name__)
@@ -86,10 +87,10 @@ def _compile_command(cxx, output, include_dir, lib_dir):
 def build(include_dir, lib_dir) -> pathlib.Path:
   """Compiles the extension (once per source/jaxlib/oneDNN) and returns the library path."""
   cxx = os.environ.get("CXX", "g++")
-  for source in _SOURCES:
+  for source in (*_SOURCES, _HEADER):
     if not source.exists():  # e.g. a wheel built without package data
       raise Unavailable(f"the extension source {source} is missing")
-  stamp = "|".join([s.read_text() for s in _SOURCES] + [jax.ffi.include_dir(), str(include_dir), str(lib_dir), cxx,
+  stamp = "|".join([s.read_text() for s in (*_SOURCES, _HEADER)] + [jax.ffi.include_dir(), str(include_dir), str(lib_dir), cxx,
                     importlib.metadata.version("jaxlib"), importlib.metadata.version("onednn")])
   target = _cache_dir() / f"onednn_conv_{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.so"
   if target.exists():

@@ -10,8 +10,8 @@
 // Attribute: scale (the logit scale, 1 / sqrt(d) for the usual attention).
 //
 // Each product is one batched oneDNN matmul over the (S, H) pairs; the
-// softmax and its gradient (p * (dp - sum(dp * p))) are oneDNN's softmax
-// primitives. Primitives are built once per shape and cached.
+// softmax is oneDNN's softmax primitive, its gradient (p * (dp - sum(dp * p)))
+// a threaded loop here. Primitives are built once per shape and cached.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -31,17 +32,9 @@ namespace {
 
 using dnnl::memory;
 using Dims = memory::dims;
+using jaxcnn_onednn::Engine;
+using jaxcnn_onednn::Stream;
 constexpr auto kF32 = memory::data_type::f32;
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-dnnl::stream& Stream() {
-  thread_local dnnl::stream stream(Engine());  // XLA may run custom calls on several threads
-  return stream;
-}
 
 // The softmax gradient row by row, dlogits = p * (dp - sum(p * dp)), on up to all cores
 // (oneDNN's softmax_backward has no vectorised AVX2 kernel: its reference one took 6x longer).
@@ -132,18 +125,6 @@ std::shared_ptr<Primitives> Lookup(const Shape& p) {
   return slot;
 }
 
-template <typename F>
-ffi::Error Guarded(F body) {
-  try {
-    body();
-    return ffi::Error::Success();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  } catch (const std::exception& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn attention: ") + e.what());
-  }
-}
-
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 
@@ -162,7 +143,7 @@ memory At(const memory::desc& md, const float* data) {
 ffi::Error AttentionFwd(F32 qkv, F32Out out, F32Out probs, float scale) {
   Shape p;
   if (auto err = ReadShape(qkv.dimensions(), scale, &p); err.failure()) return err;
-  return Guarded([&] {
+  return jaxcnn_onednn::Guarded("onednn attention", [&] {
     auto prims = Lookup(p);
     const float* base = qkv.typed_data();
     const int64_t hd = p.h * p.d;
@@ -180,7 +161,7 @@ ffi::Error AttentionFwd(F32 qkv, F32Out out, F32Out probs, float scale) {
 ffi::Error AttentionBwd(F32 qkv, F32 probs, F32 dout, F32Out dqkv, float scale) {
   Shape p;
   if (auto err = ReadShape(qkv.dimensions(), scale, &p); err.failure()) return err;
-  return Guarded([&] {
+  return jaxcnn_onednn::Guarded("onednn attention", [&] {
     auto prims = Lookup(p);
     const float* base = qkv.typed_data();
     float* grad = dqkv->typed_data();

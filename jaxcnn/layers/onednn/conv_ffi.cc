@@ -22,11 +22,29 @@
 #include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
+namespace jaxcnn_onednn {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& Stream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+}  // namespace jaxcnn_onednn
+
 namespace {
+
+using jaxcnn_onednn::Engine;
+using jaxcnn_onednn::Stream;
 
 using dnnl::memory;
 using Tag = memory::format_tag;
@@ -63,17 +81,6 @@ struct Primitives {
   memory::desc fwd_weights, bwd_data_weights, bwd_diff_weights;  // oneDNN's chosen kernel layouts
   dnnl::reorder to_fwd, to_bwd_data, from_bwd_weights;           // empty when no reorder is needed
 };
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-dnnl::stream& Stream() {
-  // One in-order stream per calling thread: XLA may run independent custom calls concurrently.
-  thread_local dnnl::stream stream(Engine());
-  return stream;
-}
 
 dnnl::reorder MaybeReorder(const memory::desc& from, const memory::desc& to) {
   if (from == to) return dnnl::reorder();
@@ -131,19 +138,6 @@ ffi::Error ReadProblem(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t>
   return ffi::Error::Success();
 }
 
-// Runs `body` and turns oneDNN's exceptions into XLA errors (an exception must not cross the C ABI).
-template <typename F>
-ffi::Error Guarded(F body) {
-  try {
-    body();
-    return ffi::Error::Success();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  } catch (const std::exception& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn conv: ") + e.what());
-  }
-}
-
 memory Wrap(const memory::desc& md, void* data) { return memory(md, Engine(), data); }
 
 // The kernel in the layout `prim` wants: the user's buffer itself, or a reordered copy.
@@ -165,7 +159,7 @@ ffi::Error ConvFwd(F32 x, F32 w, F32Out y, Dims strides, Dims pads_low, Dims pad
                              dilation, groups, &p); err.failure()) {
     return err;
   }
-  return Guarded([&] {
+  return jaxcnn_onednn::Guarded("onednn conv", [&] {
     auto prims = Lookup(p);
     memory kernel = KernelFor(prims->to_fwd, prims->fwd_weights, Wrap(p.Weights(Tag::hwio), w.typed_data()));
     prims->fwd.execute(Stream(), {{DNNL_ARG_SRC, Wrap(p.Src(), x.typed_data())},
@@ -182,7 +176,7 @@ ffi::Error ConvBwdData(F32 dy, F32 w, F32Out dx, Dims strides, Dims pads_low, Di
                              dilation, groups, &p); err.failure()) {
     return err;
   }
-  return Guarded([&] {
+  return jaxcnn_onednn::Guarded("onednn conv", [&] {
     auto prims = Lookup(p);
     memory kernel = KernelFor(prims->to_bwd_data, prims->bwd_data_weights,
                               Wrap(p.Weights(Tag::hwio), w.typed_data()));
@@ -200,7 +194,7 @@ ffi::Error ConvBwdWeights(F32 x, F32 dy, F32Out dw, Dims strides, Dims pads_low,
                              dilation, groups, &p); err.failure()) {
     return err;
   }
-  return Guarded([&] {
+  return jaxcnn_onednn::Guarded("onednn conv", [&] {
     auto prims = Lookup(p);
     memory user = Wrap(p.Weights(Tag::hwio), dw->typed_data());
     memory diff = prims->from_bwd_weights ? memory(prims->bwd_diff_weights, Engine()) : user;
@@ -233,8 +227,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxcnn_onednn_conv_bwd_weights, ConvBwdWeights, JA
 // before any handler is registered, so a broken runtime falls back instead of failing a step).
 extern "C" int jaxcnn_onednn_probe() {
   try {
-    Engine();
-    Stream();
+    jaxcnn_onednn::Engine();
+    jaxcnn_onednn::Stream();
     return 1;
   } catch (...) {
     return 0;
