@@ -7,3 +7,4 @@ from jaxcnn.layers.norm import LayerNorm, LocalResponseNorm, layer_norm, local_r
 from jaxcnn.layers.activations import gelu
 from jaxcnn.layers.pool import adaptive_avg_pool, avg_pool, max_pool
 from jaxcnn.layers.conv_norm import ConvBNAct
+from jaxcnn.layers.resize import resize_bilinear, resize_nearest
