@@ -27,8 +27,19 @@ pass (`nn.remat`), as torchvision's option checkpoints them.
 Backbone use: `return_features=True` returns {'stem', 'stage1'..}: the stem
 after its conv (ImageNet: after BN-ReLU, before the max-pool; stride 2 or 1),
 then each dense block's output (before its transition; strides 4, 8, 16, 32
-or 1, 2, 4). The last stage includes the final BN-ReLU (what the classifier
-sees); the others are raw concatenations, as is usual for pre-activation nets.
+or 1, 2, 4). The last stage includes the final BN-ReLU (`norm5` then ReLU,
+what torchvision's forward pools and the classifier sees; what a DeepLab head
+consumes); the others are raw concatenations, as is usual for pre-activation
+nets.
+
+Dense prediction: `output_stride` (ImageNet stem only) is 32 (the classifier,
+unchanged), 16 or 8, the dilated DenseNet scheme: at 16 the last transition
+keeps its BN-ReLU-conv but not its average pooling and the last dense block's
+3x3 convolutions are dilated by 2; at 8 the last two transitions lose their
+pooling and the last two blocks are dilated by 2 and 4 (blocks 3 and 4 of the
+four-block models). The variables are the classifier's, name for name and
+shape for shape, so ImageNet weights load unchanged; the feature strides
+become 4, 8, 16, 16 (OS 16) or 4, 8, 8, 8 (OS 8).
 
 Parameter names follow torchvision (`conv0`, `denseblock1/denselayer1/norm1`,
 `transition1/conv`, `norm5`, `classifier`), so `jaxcnn.convert.densenet` maps
@@ -59,13 +70,15 @@ class DenseLayer(nn.Module):
   drop_rate: float
   conv: ModuleDef
   norm: ModuleDef
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     y = nn.relu(self.norm(name="norm1")(x))
     y = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(y)
     y = nn.relu(self.norm(name="norm2")(y))
-    y = self.conv(self.growth_rate, (3, 3), padding=1, name="conv2")(y)
+    d = self.dilation
+    y = self.conv(self.growth_rate, (3, 3), padding=d, kernel_dilation=d, name="conv2")(y)
     if self.drop_rate > 0:
       y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
     return y
@@ -80,6 +93,7 @@ class DenseBlock(nn.Module):
   conv: ModuleDef
   norm: ModuleDef
   memory_efficient: bool = False
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -87,22 +101,23 @@ class DenseBlock(nn.Module):
     layer = nn.remat(DenseLayer, static_argnums=(2,)) if self.memory_efficient else DenseLayer
     for i in range(1, self.num_layers + 1):
       new = layer(self.growth_rate, self.bn_size, self.drop_rate, self.conv, self.norm,
-                  name=f"denselayer{i}")(x, train)
+                  self.dilation, name=f"denselayer{i}")(x, train)
       x = jnp.concatenate([x, new], axis=-1)
     return x
 
 
 class Transition(nn.Module):
-  """BN-ReLU-conv1x1 to `features` channels, then 2x2/2 average pooling."""
+  """BN-ReLU-conv1x1 to `features` channels, then 2x2/2 average pooling (`pool=False`: none)."""
   features: int
   conv: ModuleDef
   norm: ModuleDef
+  pool: bool = True
 
   @nn.compact
   def __call__(self, x):
     x = nn.relu(self.norm(name="norm")(x))
     x = self.conv(self.features, (1, 1), name="conv")(x)
-    return nn.avg_pool(x, (2, 2), (2, 2))
+    return nn.avg_pool(x, (2, 2), (2, 2)) if self.pool else x
 
 
 class DenseNet(nn.Module):
@@ -115,6 +130,7 @@ class DenseNet(nn.Module):
   drop_rate: float = 0.0
   stem: str = "imagenet"          # 'imagenet': conv7x7/2-BN-ReLU-maxpool; 'cifar': conv3x3
   memory_efficient: bool = False
+  output_stride: int = 32         # 32 (classifier), 16 or 8: last transitions unpooled, blocks dilated
   return_features: bool = False
   num_classes: int = 1000
   dtype: Any = jnp.float32
@@ -132,7 +148,28 @@ class DenseNet(nn.Module):
       raise UserError(f"compression={self.compression} must be in (0, 1]")
     if not 0.0 <= self.drop_rate < 1.0:
       raise UserError(f"drop_rate={self.drop_rate} must be in [0, 1)")
+    if self.output_stride not in (8, 16, 32):
+      raise UserError(f"output_stride={self.output_stride!r} is not supported (allowed: 8, 16, 32)")
+    if self.output_stride != 32 and self.stem != "imagenet":
+      raise UserError(f"output_stride={self.output_stride} needs stem='imagenet' (the '{self.stem}' stem "
+                      f"cannot dilate; allowed there: output_stride=32)")
+    blocks_needed = {32: 1, 16: 2, 8: 3}[self.output_stride]
+    if len(self.block_config) < blocks_needed:
+      raise UserError(f"output_stride={self.output_stride} needs at least {blocks_needed} dense blocks "
+                      f"(block_config={tuple(self.block_config)}; allowed: output_stride=32)")
     super().__post_init__()
+
+  def _dilations(self):
+    """Per block: (dilation of its 3x3 convs, whether the transition after it pools)."""
+    n = len(self.block_config)
+    unpooled = {32: 0, 16: 1, 8: 2}[self.output_stride]   # the last `unpooled` transitions lose their pooling
+    dilation, plan = 1, []
+    for i in range(n):
+      pools = i < n - 1 - unpooled
+      plan.append((dilation, pools))
+      if i < n - 1 and not pools:
+        dilation *= 2
+    return plan
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -151,12 +188,13 @@ class DenseNet(nn.Module):
       x = conv(self.num_init_features, (3, 3), padding=1, name="conv0")(x)
       features["stem"] = x
     last = len(self.block_config)
-    for i, num_layers in enumerate(self.block_config, start=1):
+    for i, (num_layers, (dilation, pools)) in enumerate(zip(self.block_config, self._dilations()), start=1):
       x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.drop_rate, conv, norm,
-                     self.memory_efficient, name=f"denseblock{i}")(x, train)
+                     self.memory_efficient, dilation, name=f"denseblock{i}")(x, train)
       features[f"stage{i}"] = x
       if i != last:
-        x = Transition(int(x.shape[-1] * self.compression), conv, norm, name=f"transition{i}")(x)
+        x = Transition(int(x.shape[-1] * self.compression), conv, norm, pools,
+                       name=f"transition{i}")(x)
     x = nn.relu(norm(name="norm5")(x))
     features[f"stage{last}"] = x
     if self.return_features:
