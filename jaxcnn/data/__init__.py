@@ -13,7 +13,7 @@ Datasets in the user's own files: `register_source(info, open_split)`, then
 `cub_stackgan` (CUB birds + StackGAN text embeddings) is registered on import.
 """
 from jaxcnn.data.config import DataSpec, default_data_config, resolve
-from jaxcnn.data.pipeline import EvalBatches, eval_iterator, train_iterator
+from jaxcnn.data.pipeline import EvalBatches, element_spec, eval_iterator, train_iterator
 from jaxcnn.data.sources import (ArraySource, DatasetInfo, IndexedSource, TfdsSource, channel_stats,
                                  dataset_info, dataset_names, embedded_names, extra_field_specs, get_source,
                                  register_source, registered_names)
@@ -21,6 +21,6 @@ from jaxcnn.data import embeddings as _embeddings  # noqa: F401,E402  (registers
 
 __all__ = [
     "ArraySource", "DataSpec", "DatasetInfo", "EvalBatches", "IndexedSource", "TfdsSource", "channel_stats",
-    "dataset_info", "dataset_names", "default_data_config", "embedded_names", "eval_iterator", "extra_field_specs",
+    "dataset_info", "dataset_names", "default_data_config", "element_spec", "embedded_names", "eval_iterator", "extra_field_specs",
     "get_source", "register_source", "registered_names", "resolve", "train_iterator",
 ]

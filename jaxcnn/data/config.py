@@ -3,6 +3,7 @@ import dataclasses
 from typing import Tuple
 
 import ml_collections
+from ml_collections import config_dict
 import numpy as np
 
 from jaxcnn.data import autoaugment, sources, transforms
@@ -15,13 +16,17 @@ def default_data_config() -> ml_collections.ConfigDict:
   """Every key the data pipeline reads, with its default; experiment configs start from this."""
   return ml_collections.ConfigDict({
       "name": "digits",
-      "image_size": 0,           # 0: native; otherwise bilinear resize to image_size x image_size
+      # 0: native; an int S: S x S; a pair (H, W): H x W. Classification datasets resize every image to it
+      # (bilinear); datasets with masks/boxes augment to it (scale, crop) and evaluate the image fitted into it.
+      "image_size": config_dict.FieldReference(0, field_type=object),
       "channels": 0,             # 0: native; 3 from grayscale repeats, 1 from RGB takes luma
       "train_split": "",         # '': the dataset's default; tfds slicing allowed ('train[:90%]')
       "eval_split": "",
       # Comma list, applied in the listed order: crop, flip, randaugment, autoaugment (uint8 image), then
       # erase (normalised image, so last). '' or 'none': no augmentation. E.g. 'crop,flip,randaugment,erase'.
       # scale_crop (first if used): StackGAN's upscale by scale_crop_ratio and random crop back.
+      # Datasets with masks or boxes: scale, crop, flip move every spatial field together (then erase);
+      # 'scale,crop,flip' is the DeepLab / torchvision segmentation recipe. See jaxcnn/data/geometry.py.
       "augment": "",
       "crop_padding": 4,         # pixels padded on each side before the random crop
       "crop_pad_mode": "constant",  # constant (zeros) | reflect
@@ -35,6 +40,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       "erase_area": (0.02, 1 / 3),   # erased fraction of the image area, (min, max)
       "erase_aspect": (0.3, 1 / 0.3),  # height/width of the erased rectangle, (min, max), log-uniform
       "erase_mode": "pixel",     # pixel: N(0, 1) per pixel | rand: one N(0, 1) colour | const: zeros
+      "scale_range": (0.5, 2.0),  # scale: random factor range (DeepLab: 0.5-2.0)
+      "scale_base": 0,           # scale: 0 = factor of the image's own size; > 0: shorter side = base * factor
       "repeated_aug": 1,         # each drawn image appears this many times per global batch, augmented apart
       "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
       "data_dir": "",            # tfds: '' = default ($TFDS_DATA_DIR or ~/tensorflow_datasets); registered
@@ -53,7 +60,7 @@ _DEFAULTS = default_data_config().to_dict()
 class DataSpec:
   """A validated data config (see `default_data_config` for the meaning of each field)."""
   info: sources.DatasetInfo
-  image_size: int          # resolved: never 0
+  image_hw: Tuple[int, int]   # resolved (H, W): never 0
   channels: int            # resolved: never 0
   train_split: str
   eval_split: str
@@ -72,8 +79,19 @@ class DataSpec:
     return self.info.name
 
   @property
+  def image_size(self):
+    """The output size as a config writes it: an int when square, else (H, W)."""
+    h, w = self.image_hw
+    return h if h == w else (h, w)
+
+  @property
   def image_shape(self) -> Tuple[int, int, int]:
-    return (self.image_size, self.image_size, self.channels)
+    return (*self.image_hw, self.channels)
+
+  @property
+  def spatial(self) -> bool:
+    """The dataset has masks or boxes: the geometric pipeline (see pipeline.py) handles its examples."""
+    return self.info.spatial
 
   def source(self, split: str):
     return sources.get_source(self.name, split, data_dir=self.data_dir or None, download=self.download,
@@ -131,7 +149,20 @@ def _range(cfg, key, low: float, high: float) -> Tuple[float, float]:
   return lo, hi
 
 
-def _augment_options(data_cfg, image_size: int) -> transforms.AugmentOptions:
+def _image_hw(cfg, info) -> Tuple[int, int]:
+  """data.image_size (0, S or (H, W)) as the resolved (H, W)."""
+  value = _get(cfg, "image_size")
+  if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+      isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value):
+    return int(value[0]), int(value[1])
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise UserError(f"data.image_size must be an integer >= 0 (0: native, S: S x S) or a pair (H, W) of positive "
+                    f"integers, got {value!r}")
+  return (int(value), int(value)) if value else tuple(info.image_shape[:2])
+
+
+def _augment_options(data_cfg, image_hw: Tuple[int, int]) -> transforms.AugmentOptions:
+  image_size = min(image_hw)
   pad_mode = str(_get(data_cfg, "crop_pad_mode"))
   if pad_mode not in transforms.PAD_MODES:
     raise UserError(f"data.crop_pad_mode must be one of {', '.join(transforms.PAD_MODES)}, got {pad_mode!r}")
@@ -157,7 +188,25 @@ def _augment_options(data_cfg, image_size: int) -> transforms.AugmentOptions:
       erase_area=_range(data_cfg, "erase_area", 0.0, 1.0),
       erase_aspect=_range(data_cfg, "erase_aspect", 0.0, float("inf")),
       erase_mode=erase_mode,
+      scale_range=_range(data_cfg, "scale_range", 0.0, 16.0),
+      scale_base=_int(data_cfg, "scale_base", 0),
   )
+
+
+def _check_augment_for_fields(info: sources.DatasetInfo, augment: Tuple[str, ...], augment_spec, image_hw) -> None:
+  """Image-only geometric ops would misalign masks and boxes; scale needs them."""
+  if info.spatial:
+    targets = ", ".join(f"'{n}' ({k})" for n, k in info.fields if k in sources.SPATIAL_TARGET_KINDS)
+    allowed = transforms.SPATIAL_AUGMENTATIONS + tuple(sorted(transforms.NORMALIZED_AUGMENTATIONS))
+    for name in augment:
+      if name not in allowed:
+        raise UserError(f"data.augment={augment_spec!r}: {name} moves the image's pixels but not the {targets} of "
+                        f"dataset '{info.name}'; allowed there: {', '.join(allowed)}")
+  elif "scale" in augment:
+    raise UserError(f"data.augment={augment_spec!r}: scale is for datasets with masks or boxes; '{info.name}' has "
+                    f"none (for classification use crop or scale_crop)")
+  if "scale_crop" in augment and image_hw[0] != image_hw[1]:
+    raise UserError(f"data.augment={augment_spec!r}: scale_crop needs a square data.image_size, got {image_hw}")
 
 
 def resolve(data_cfg) -> DataSpec:
@@ -165,7 +214,7 @@ def resolve(data_cfg) -> DataSpec:
   if isinstance(data_cfg, DataSpec):
     return data_cfg
   info = sources.dataset_info(str(_get(data_cfg, "name")))
-  image_size = _int(data_cfg, "image_size", 0) or info.image_shape[0]
+  image_hw = _image_hw(data_cfg, info)
   channels = _int(data_cfg, "channels", 0) or info.image_shape[2]
   native_c = info.image_shape[2]
   if channels not in (native_c, 1, 3) or (channels == 3 and native_c not in (1, 3)):
@@ -176,7 +225,7 @@ def resolve(data_cfg) -> DataSpec:
     augment = transforms.parse_augment(augment_spec if augment_spec is not None else "")
   except ValueError as err:
     raise UserError(f"unknown augmentation '{err}' in data.augment={augment_spec!r}; allowed: a comma list of "
-                    f"{', '.join(transforms.AUGMENTATIONS)}, or '' / 'none'") from None
+                    f"{', '.join(transforms.AUGMENTATION_NAMES)}, or '' / 'none'") from None
   leading = [n for n in augment if n in transforms.LEADING_AUGMENTATIONS]
   if leading and (len(leading) > 1 or augment[0] != leading[0]):
     raise UserError(f"data.augment={augment_spec!r}: {leading[0]} takes the image larger than the output and must "
@@ -185,12 +234,13 @@ def resolve(data_cfg) -> DataSpec:
     late = ", ".join(sorted(transforms.NORMALIZED_AUGMENTATIONS))
     raise UserError(f"data.augment={augment_spec!r}: {late} acts on the normalised image and must come after "
                     f"every other augmentation")
-  augment_options = _augment_options(data_cfg, image_size)
+  _check_augment_for_fields(info, augment, augment_spec, image_hw)
+  augment_options = _augment_options(data_cfg, image_hw)
   normalize = str(_get(data_cfg, "normalize"))
   if normalize not in NORMALIZATIONS:
     raise UserError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
   return DataSpec(
-      info=info, image_size=image_size, channels=channels,
+      info=info, image_hw=image_hw, channels=channels,
       train_split=str(_get(data_cfg, "train_split") or info.train_split),
       eval_split=str(_get(data_cfg, "eval_split") or info.eval_split),
       augment=augment,

@@ -29,6 +29,41 @@ label (`sources.extra_field_specs`, e.g. CUB's [10, 1024] text `embedding`),
 every batch holds them too, stacked, unchanged and in the same positions as
 their images (so the order and resume rules above hold for them as well);
 padding positions of eval batches hold zeros.
+
+Fields and batches. Examples are dicts; the dataset's `DatasetInfo.fields`
+declares the fields the pipeline transforms, by kind, and `label` is there only
+when the dataset declares it. With data.image_size = S or (H, W) (0: the
+dataset's native shape), a local batch of b examples holds:
+  image          float32 [b, H, W, C]  normalised as data.normalize says
+  <class field>  int32 [b]             e.g. 'label' of classification datasets
+  <mask field>   int32 [b, H, W]       e.g. 'segmentation': classes 0..K-1 or info.ignore_label
+  <boxes field>  float32 [b, M, 4]     xyxy pixels of the output image, with '<name>_valid' bool [b, M]
+  extra fields   as the source gives them
+  mask           float32 [b]           eval only: 1 for examples, 0 for padding positions
+`element_spec` gives these shapes without reading the data.
+
+Two layouts. Datasets without masks or boxes (classification) resize every
+image to H x W first and apply the image-only augmentations of data.augment
+(crop = pad data.crop_padding and crop back, flip, randaugment, ...), as above.
+Datasets with masks or boxes (`DatasetInfo.spatial`: digits_seg, VOC,
+Cityscapes, pets) read each image at its own size and apply the geometric
+augmentations of data.augment in the listed order, each moving the image and
+every mask and box together (`geometry`): scale (factor ~ U(data.scale_range),
+of the image's own size, or with data.scale_base > 0 of a shorter side of
+data.scale_base; one uniform drawn), crop (a random H x W window after padding
+the bottom/right up to H x W, image with 0, masks with the ignore label; two
+integers drawn), flip (one uniform). Image-only geometric ops (randaugment,
+autoaugment, scale_crop) are refused there; erase acts on the image only. The
+example is then fitted into H x W: resized keeping its aspect ratio so that it
+fits (the factor min(H / h, W / w); nothing happens when it already is H x W,
+as after a crop) and padded at the bottom/right, image with 0 and masks with
+the ignore label. Evaluation does only this fit, so eval batches have a fixed
+shape, every pixel of the image is seen, and the padding is ignored by every
+metric since its mask value is the ignore label; scores are computed at the
+fitted resolution (not resized back to each image's original size). Eval
+padding positions hold masks full of the ignore label. Every mask read is
+checked: the image's size, and values that are classes or the ignore label,
+else a UserError naming the example (its file where the source knows it).
 """
 import functools
 import threading
@@ -38,7 +73,7 @@ import grain
 import numpy as np
 
 from jaxcnn.data import config as config_lib
-from jaxcnn.data import sources, transforms
+from jaxcnn.data import geometry, sources, transforms
 from jaxcnn.errors import UserError
 
 # Steps a training iterator can run: far beyond any training, small enough for grain's index arithmetic.
@@ -94,62 +129,145 @@ class _EpochPermutations:
 
 
 class _Examples:
-  """One split of a DataSpec: images resized and channel-converted (uint8), then normalised (float32).
-
-  Extra fields of the source's examples ride along unchanged (`extra_fields`: {name: (shape, dtype)}).
-  """
+  """One split of a DataSpec: examples read (uint8 image at the read size, targets), then finished (normalised
+  float32 image, int32 labels and masks, extra fields unchanged). See the module doc for the two layouts."""
 
   def __init__(self, spec: config_lib.DataSpec, split: str, train: bool = False):
     self.spec = spec
+    self.kinds = spec.info.field_kinds
+    self.class_fields = [n for n, k in self.kinds.items() if k == "class"]
+    self.mask_fields = [n for n, k in self.kinds.items() if k == "mask"]
+    self.box_fields = [n for n, k in self.kinds.items() if k == "boxes"]
     self.source = _resized_source(spec, split)
-    self.needs_resize = not isinstance(self.source, sources.ArraySource)
+    self.needs_resize = not spec.spatial and not isinstance(self.source, sources.ArraySource)
     # A leading scale_crop crops the output from a larger image: read it at that size (one resampling).
-    self.read_size = spec.image_size
+    self.read_size = spec.image_hw
     if train and spec.augment[:1] == ("scale_crop",):
       self.read_size = spec.augment_options.scale_crop_load
-    self.mean, self.std = spec.mean_std()
-    self.extra_fields = sources.extra_field_specs(self.source)
+    field_specs = sources.extra_field_specs(self.source)
+    self.extra_fields = {k: v for k, v in field_specs.items() if k not in self.kinds}
+    self.box_specs = {}
+    for name in self.box_fields:
+      if name not in field_specs or len(field_specs[name][0]) != 2 or field_specs[name][0][1] != 4:
+        raise UserError(f"boxes field '{name}' of dataset '{spec.name}' must have one shape [max_boxes, 4] in every "
+                        f"example (pad with jaxcnn.data.geometry.pad_boxes), got {field_specs.get(name)}")
+      self.box_specs[name] = (field_specs[name][0], np.dtype(np.float32))
+    self._mean_std = None
 
   def __len__(self) -> int:
     return len(self.source)
 
-  def read(self, index: int) -> Tuple[np.ndarray, int, Dict[str, np.ndarray]]:
-    """(uint8 image at the spec's (read) size and channels, label, extra fields) of example `index`."""
+  @property
+  def mean_std(self):
+    if self._mean_std is None:
+      self._mean_std = self.spec.mean_std()
+    return self._mean_std
+
+  def _what(self, index: int) -> str:
+    return f"{sources.describe_example(self.source, index)} (dataset '{self.spec.name}')"
+
+  def read(self, index: int) -> dict:
+    """Example `index` with its uint8 image at the spec's (read) size and channels; every field checked."""
     example = self.source[index]
     image = example["image"]
     if self.needs_resize:
       image = transforms.resize(image, self.read_size)
-    extras = {}
-    for name, (shape, dtype) in self.extra_fields.items():
-      value = np.asarray(example[name], dtype)
-      if value.shape != shape:
-        raise UserError(f"example {index} of dataset '{self.spec.name}' has field '{name}' of shape "
-                        f"{value.shape}, the others {shape}: every example's fields must have one shape")
-      extras[name] = value
-    return transforms.to_channels(image, self.spec.channels), example["label"], extras
+    out = {"image": transforms.to_channels(image, self.spec.channels)}
+    for name in self.class_fields:
+      out[name] = example[name]
+    for name in self.mask_fields:
+      out[name] = self._checked_mask(example[name], image.shape[:2], name, index)
+    for name in self.box_fields:
+      out[name] = self._checked(example[name], name, self.box_specs[name], index)
+    for name, field_spec in self.extra_fields.items():
+      out[name] = self._checked(example[name], name, field_spec, index)
+    return out
 
-  def finish(self, image: np.ndarray, label: int, extras: Dict[str, np.ndarray]) -> dict:
-    return {"image": transforms.normalize(image, self.mean, self.std), "label": np.int32(label), **extras}
+  def _checked(self, value, name: str, field_spec, index: int) -> np.ndarray:
+    shape, dtype = field_spec
+    value = np.asarray(value, dtype)
+    if value.shape != shape:
+      raise UserError(f"{self._what(index)} has field '{name}' of shape {value.shape}, the others {shape}: "
+                      f"every example's fields must have one shape")
+    return value
+
+  def _checked_mask(self, mask, image_hw, name: str, index: int) -> np.ndarray:
+    """int32 [H, W]: the image's size, every value a class or the ignore label (else a UserError naming it)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+      mask = mask[..., 0]
+    if mask.shape != tuple(image_hw):
+      raise UserError(f"{self._what(index)}: the image is {image_hw[0]}x{image_hw[1]} but its '{name}' mask is "
+                      f"{'x'.join(map(str, mask.shape))}; an image and its mask must have the same size")
+    info = self.spec.info
+    if not np.issubdtype(mask.dtype, np.integer):
+      raise UserError(f"{self._what(index)}: '{name}' mask has {mask.dtype} values; want integer class indices")
+    mask = mask.astype(np.int32)
+    bad = ((mask < 0) | (mask >= info.num_classes)) & (mask != info.ignore_label)
+    if bad.any():
+      value = int(mask[bad][0])
+      raise UserError(f"{self._what(index)}: '{name}' mask holds value {value}; allowed: the classes "
+                      f"0..{info.num_classes - 1} and the ignore label {info.ignore_label}")
+    return mask
+
+  def augment(self, example: dict, rng: np.random.Generator, names) -> dict:
+    """The uint8-stage augmentations, in order: image-only ops, or on spatial datasets the geometric ones."""
+    options = self.spec.augment_options
+    if not self.spec.spatial:
+      return {**example, "image": transforms.augment(example["image"], rng, names, options)}
+    ignore = self.spec.info.ignore_label
+    for name in names:
+      if name == "scale":
+        example = geometry.random_scale(example, self.kinds, rng, options.scale_range, options.scale_base)
+      elif name == "crop":
+        example = geometry.random_crop(example, self.kinds, rng, self.spec.image_hw, ignore)
+      else:
+        example = geometry.random_flip(example, self.kinds, rng)
+    return example
+
+  def finish(self, example: dict) -> dict:
+    """The batch element: spatial examples fitted into the output size first (identity if they are at it)."""
+    if self.spec.spatial:
+      example = geometry.fit(example, self.kinds, self.spec.image_hw, self.spec.info.ignore_label)
+    mean, std = self.mean_std
+    out = {"image": transforms.normalize(example["image"], mean, std)}
+    for name, value in example.items():
+      if name == "image":
+        continue
+      if name in self.class_fields:
+        out[name] = np.int32(value)
+      elif name in self.mask_fields:
+        out[name] = np.ascontiguousarray(value, np.int32)
+      else:
+        out[name] = value
+    return out
 
   def padding(self) -> dict:
-    """What an eval padding position holds: zeros of every field's shape."""
-    extras = {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.extra_fields.items()}
-    return {"image": np.zeros(self.spec.image_shape, np.float32), "label": np.int32(0), **extras}
+    """What an eval padding position holds: zeros of every field's shape, masks full of the ignore label."""
+    out = {"image": np.zeros(self.spec.image_shape, np.float32)}
+    for name in self.class_fields:
+      out[name] = np.int32(0)
+    for name in self.mask_fields:
+      out[name] = np.full(self.spec.image_hw, self.spec.info.ignore_label, np.int32)
+    for name, (shape, dtype) in {**self.box_specs, **self.extra_fields}.items():
+      out[name] = np.zeros(shape, dtype)
+    return out
 
 
 def _resized_source(spec: config_lib.DataSpec, split: str):
-  """Embedded splits are resized once as a whole; tfds ones per example as they are read."""
-  if spec.info.embedded:
-    return _resized_embedded(spec.name, split, spec.image_size)
+  """Embedded classification splits are resized once as a whole; tfds ones per example as they are read;
+  spatial datasets' examples stay at their own size until the geometric pipeline."""
+  if spec.info.embedded and not spec.spatial:
+    return _resized_embedded(spec.name, split, spec.image_hw)
   return spec.source(split)
 
 
 @functools.lru_cache(maxsize=8)
-def _resized_embedded(name: str, split: str, size: int) -> sources.ArraySource:
+def _resized_embedded(name: str, split: str, size) -> sources.ArraySource:
   source = sources.get_source(name, split)
   images = transforms.resize_batch(source.images, size)
   images.setflags(write=False)
-  return sources.ArraySource(images, source.labels, name=f"{source.name}@{size}")
+  return sources.ArraySource(images, source.labels, name=f"{source.name}@{size}", arrays=source.arrays)
 
 
 def _read_options(spec: config_lib.DataSpec) -> grain.ReadOptions:
@@ -180,11 +298,11 @@ def train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index
   def element(local_index):
     g = global_position(int(local_index), local, global_batch, process_index)
     epoch, offset = divmod(example_slot(g, global_batch, repeats), n)
-    image, label, extras = examples.read(permutations(epoch)[offset])
+    example = examples.read(permutations(epoch)[offset])
     if not spec.augment:   # seeding costs as much as a crop: only when something random follows
-      return examples.finish(image, label, extras)
+      return examples.finish(example)
     rng = np.random.default_rng([seed, 1, g])
-    out = examples.finish(transforms.augment(image, rng, uint8_augment, options), label, extras)
+    out = examples.finish(examples.augment(example, rng, uint8_augment))
     if normalized_augment:
       out["image"] = transforms.augment(out["image"], rng, normalized_augment, options)
     return out
@@ -212,7 +330,7 @@ class EvalBatches:
   def _element(self, local_index):
     g = global_position(int(local_index), self.local_batch, self.global_batch, self.process_index)
     if g < self.num_examples:
-      return {**self.examples.finish(*self.examples.read(g)), "mask": np.float32(1.0)}
+      return {**self.examples.finish(self.examples.read(g)), "mask": np.float32(1.0)}
     return {**self.examples.padding(), "mask": np.float32(0.0)}
 
   def __iter__(self):
@@ -226,3 +344,18 @@ def eval_iterator(data_cfg, split=None, *, global_batch_size: int, process_index
   """Re-iterable single pass over `split` (default: data.eval_split or the dataset's), no augmentation."""
   spec = config_lib.resolve(data_cfg)
   return EvalBatches(spec, split or spec.eval_split, global_batch_size, process_index, process_count)
+
+
+def element_spec(data_cfg, global_batch_size: int, process_index: int = 0, process_count: int = 1) -> dict:
+  """{field: jax.ShapeDtypeStruct} of this process's training batches (`train_iterator`'s), for initialising.
+
+  Built from the eval padding example's shapes (the same fields, shapes and
+  dtypes as a training batch, without eval's 'mask'), so at most the split's
+  first example is read (to learn the shapes of undeclared extra fields) and
+  no dataset statistics are computed.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  spec = config_lib.resolve(data_cfg)
+  local = local_batch_size(global_batch_size, process_index, process_count)
+  padding = _Examples(spec, spec.train_split, train=True).padding()
+  return {k: jax.ShapeDtypeStruct((local,) + np.shape(v), np.asarray(v).dtype) for k, v in padding.items()}

@@ -41,17 +41,61 @@ import numpy as np
 from jaxcnn.errors import UserError, unknown
 
 
+# Kinds of example fields (`DatasetInfo.fields`); what the pipeline does with each is in pipeline.py's doc.
+FIELD_KINDS = ("image", "mask", "boxes", "class")
+SPATIAL_TARGET_KINDS = ("mask", "boxes")
+CLASSIFICATION_FIELDS = (("image", "image"), ("label", "class"))
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What the model and the pipeline need to know about a dataset before reading it."""
+  """What the model and the pipeline need to know about a dataset before reading it.
+
+  `fields` declares the example fields the pipeline transforms and their kinds
+  (a dict is accepted and kept as ((name, kind), ...) pairs, so the info stays
+  hashable): 'image' (uint8 [H, W, C]; the field named 'image' is the only
+  one), 'mask' (integer label map [H, W]: classes 0..num_classes-1 or
+  `ignore_label`), 'boxes' (float [N, 4] xyxy in pixels, with an optional
+  bool [N] validity field named '<name>_valid'), 'class' (an int label). Other
+  fields an example carries pass through unchanged (see `extra_field_specs`).
+  `num_classes` counts the classes of the dataset's target: labels for
+  classification, mask values (background included) for segmentation.
+  """
   name: str
   num_classes: int
-  image_shape: Tuple[int, int, int]   # native (H, W, C)
+  image_shape: Tuple[int, int, int]   # native (H, W, C); the output size when data.image_size is 0
   embedded: bool                      # True: ships with a package, needs no files
   train_split: str                    # default split names
   eval_split: str
   tfds_name: Optional[str]            # None for embedded datasets
   splits: Tuple[str, ...] = ("train", "test")   # every split name the dataset has
+  fields: Any = CLASSIFICATION_FIELDS           # ((name, kind), ...) or {name: kind}
+  ignore_label: int = 255                       # mask value that no loss or metric counts
+  class_names: Tuple[str, ...] = ()             # optional, num_classes names
+
+  def __post_init__(self):
+    pairs = tuple((str(k), str(v)) for k, v in (self.fields.items() if isinstance(self.fields, dict)
+                                                else self.fields))
+    object.__setattr__(self, "fields", pairs)
+    object.__setattr__(self, "class_names", tuple(self.class_names))
+    kinds = dict(pairs)
+    if kinds.get("image") != "image" or list(kinds.values()).count("image") != 1:
+      raise ValueError(f"dataset '{self.name}': want exactly one image field, named 'image', got fields {pairs}")
+    unknown_kinds = sorted(set(kinds.values()) - set(FIELD_KINDS))
+    if unknown_kinds:
+      raise ValueError(f"dataset '{self.name}': unknown field kind(s) {unknown_kinds}; allowed: {FIELD_KINDS}")
+    if self.class_names and len(self.class_names) != self.num_classes:
+      raise ValueError(f"dataset '{self.name}': {len(self.class_names)} class names for {self.num_classes} classes")
+
+  @property
+  def field_kinds(self) -> Dict[str, str]:
+    """{field name: kind} of the declared fields."""
+    return dict(self.fields)
+
+  @property
+  def spatial(self) -> bool:
+    """Whether examples carry targets tied to pixel positions (masks, boxes): geometry moves them with the image."""
+    return any(kind in SPATIAL_TARGET_KINDS for _, kind in self.fields)
 
 
 _INFOS: Dict[str, DatasetInfo] = {i.name: i for i in [
@@ -76,6 +120,9 @@ _KNOWN_STATS = {
 }
 
 DIGITS_TEST_PER_CLASS = 36
+
+# tfds datasets whose examples are not (image, label): name -> convert(tfds example, index) -> example.
+_TFDS_CONVERTERS: Dict[str, Callable[[dict, int], dict]] = {}
 
 # Registered datasets: name -> open_split(split name, data_dir) -> source.
 SplitOpener = Callable[[str, str], Any]
@@ -118,6 +165,18 @@ def register_source(info: DatasetInfo, open_split: SplitOpener, *,
   _computed_stats.cache_clear()
 
 
+def register_tfds_dataset(info: DatasetInfo, convert: Callable[[dict, int], dict], *,
+                          stats: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None) -> None:
+  """A tfds dataset read through `tfds.data_source` whose examples `convert(example, index)` maps to ours."""
+  if info.embedded or not info.tfds_name:
+    raise ValueError(f"a tfds dataset needs embedded=False and a tfds_name, got {info}")
+  with _REGISTRY_LOCK:
+    _INFOS[info.name] = info
+    _TFDS_CONVERTERS[info.name] = convert
+    if stats is not None:
+      _KNOWN_STATS[info.name] = stats
+
+
 def registered_names() -> list:
   """The datasets added with `register_source` (read from files the user provides)."""
   return sorted(_OPENERS)
@@ -141,42 +200,62 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 class ArraySource:
-  """A split held in memory: uint8 images [N, H, W, C] and integer labels [N]."""
-  extra_fields: Dict[str, Tuple[Tuple[int, ...], Any]] = {}
+  """A split held in memory: uint8 images [N, H, W, C], integer labels [N] (or None: no 'label'), and
+  optionally more per-example arrays ({name: [N, ...]}, e.g. segmentation masks)."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, name: str = ""):
-    if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
-      raise ValueError(f"want uint8 [N, H, W, C] images and N labels, got {images.dtype} "
-                       f"{images.shape} and {len(labels)} labels")
-    self.images, self.labels, self.name = images, np.asarray(labels, np.int64), name
+  def __init__(self, images: np.ndarray, labels: Optional[np.ndarray], name: str = "",
+               arrays: Optional[Dict[str, np.ndarray]] = None):
+    arrays = dict(arrays or {})
+    if images.ndim != 4 or images.dtype != np.uint8 or (labels is not None and len(images) != len(labels)) \
+        or any(len(a) != len(images) for a in arrays.values()):
+      raise ValueError(f"want uint8 [N, H, W, C] images and N labels and N of every array, got {images.dtype} "
+                       f"{images.shape}, {None if labels is None else len(labels)} labels and "
+                       f"{ {k: np.shape(a) for k, a in arrays.items()} }")
+    self.images, self.name, self.arrays = images, name, arrays
+    self.labels = None if labels is None else np.asarray(labels, np.int64)
+    self.extra_fields = {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}
 
   def __len__(self) -> int:
-    return len(self.labels)
+    return len(self.images)
 
   def __getitem__(self, index) -> dict:
     index = int(index)
-    return {"image": self.images[index], "label": int(self.labels[index])}
+    example = {"image": self.images[index]}
+    if self.labels is not None:
+      example["label"] = int(self.labels[index])
+    for key, array in self.arrays.items():
+      example[key] = array[index]
+    return example
 
   def __repr__(self) -> str:
     return f"ArraySource({self.name!r}, {len(self)} x {self.images.shape[1:]})"
 
 
 class TfdsSource:
-  """A tfds random-access data source reduced to {'image': uint8 [H, W, C], 'label': int}."""
+  """A tfds random-access data source reduced to {'image': uint8 [H, W, C], 'label': int}.
+
+  `convert(tfds example, index) -> example` replaces that reduction for datasets
+  with other fields (see `register_tfds_dataset`).
+  """
   extra_fields: Dict[str, Tuple[Tuple[int, ...], Any]] = {}
 
-  def __init__(self, data_source, name: str = ""):
-    self.data_source, self.name = data_source, name
+  def __init__(self, data_source, name: str = "", convert: Optional[Callable[[dict, int], dict]] = None):
+    self.data_source, self.name, self.convert = data_source, name, convert
 
   def __len__(self) -> int:
     return len(self.data_source)
 
   def __getitem__(self, index) -> dict:
     example = self.data_source[int(index)]
+    if self.convert is not None:
+      return self.convert(example, int(index))
     image = np.asarray(example["image"], np.uint8)
     if image.ndim == 2:
       image = image[..., None]
     return {"image": image, "label": int(example["label"])}
+
+  def describe(self, index: int) -> str:
+    return f"example {index} of tfds {self.name}"
 
   def __repr__(self) -> str:
     return f"TfdsSource({self.name!r}, {len(self)} examples)"
@@ -212,7 +291,7 @@ def get_source(name: str, split: str, *, data_dir: Optional[str] = None, downloa
     from jaxcnn.data import prepare  # pylint: disable=g-import-not-at-top  (keeps tfds off the digits path)
     data_source = prepare.tfds_data_source(info, split, data_dir=data_dir or None, download=download,
                                            manual_dir=manual_dir or None)
-    source = TfdsSource(data_source, name=f"{name}:{split}")
+    source = TfdsSource(data_source, name=f"{name}:{split}", convert=_TFDS_CONVERTERS.get(name))
   if len(source) == 0:
     raise UserError(f"split '{split}' of dataset '{name}' is empty; choose a split with examples "
                     f"(splits: {', '.join(info.splits)})")
@@ -237,17 +316,34 @@ def _check_split_names(info: DatasetInfo, split) -> None:
 def _embedded_source(info: DatasetInfo, split: str) -> ArraySource:
   """Resolves tfds-style slicing over the in-memory splits of an embedded dataset."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  arrays = _EMBEDDED_LOADERS[info.name]()
-  sizes = {k: types.SimpleNamespace(num_examples=len(v[1])) for k, v in arrays.items()}
+  arrays = {k: _as_field_arrays(v) for k, v in _EMBEDDED_LOADERS[info.name]().items()}
+  sizes = {k: types.SimpleNamespace(num_examples=len(v["image"])) for k, v in arrays.items()}
   try:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
   except (ValueError, AssertionError) as err:
     raise UserError(f"cannot read split '{split}' of dataset '{info.name}': {err}") from None
-  parts = [(arrays[i.splitname][0][i.from_:i.to], arrays[i.splitname][1][i.from_:i.to])
-           for i in instructions]
-  images = np.concatenate([p[0] for p in parts])
-  labels = np.concatenate([p[1] for p in parts])
-  return ArraySource(images, labels, name=f"{info.name}:{split}")
+  parts = [{k: a[i.from_:i.to] for k, a in arrays[i.splitname].items()} for i in instructions]
+  joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  images, labels = joined.pop("image"), joined.pop("label", None)
+  return ArraySource(images, labels, name=f"{info.name}:{split}", arrays=joined)
+
+
+def _as_field_arrays(split_arrays) -> Dict[str, np.ndarray]:
+  """An embedded loader's split, (images, labels) or {field: [N, ...]}, as {field: [N, ...]}."""
+  if isinstance(split_arrays, dict):
+    return split_arrays
+  images, labels = split_arrays
+  return {"image": images, "label": labels}
+
+
+def register_embedded(info: DatasetInfo, load: Callable[[], Dict[str, Any]]) -> None:
+  """An embedded dataset: `load()` -> {split: {field: array [N, ...]}} (or {split: (images, labels)}), cached
+  by the loader itself; arrays should be read-only (sources of every thread share them)."""
+  if not info.embedded or info.tfds_name is not None:
+    raise ValueError(f"an embedded dataset needs embedded=True and tfds_name=None, got {info}")
+  with _REGISTRY_LOCK:
+    _INFOS[info.name] = info
+    _EMBEDDED_LOADERS[info.name] = load
 
 
 @functools.lru_cache(maxsize=16)
@@ -297,8 +393,21 @@ class IndexedSource:
     source, indices = self.parts[part]
     return source[indices[index - int(self.offsets[part])]]
 
+  def describe(self, index: int) -> str:
+    part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+    source, indices = self.parts[part]
+    return describe_example(source, indices[index - int(self.offsets[part])])
+
   def __repr__(self) -> str:
     return f"IndexedSource({self.name!r}, {len(self)} examples)"
+
+
+def describe_example(source, index: int) -> str:
+  """What to call example `index` of `source` in an error: its file when the source says (`describe`)."""
+  describe = getattr(source, "describe", None)
+  if describe is not None:
+    return describe(int(index))
+  return f"example {int(index)} of {getattr(source, 'name', '') or type(source).__name__}"
 
 
 def extra_field_specs(source) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:

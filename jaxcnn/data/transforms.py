@@ -27,25 +27,35 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 PAD_MODES = ("constant", "reflect")
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-  """Bilinear resize of a uint8 [H, W, C] image to [size, size, C] (PIL)."""
-  if image.shape[0] == size and image.shape[1] == size:
+def hw(size) -> Tuple[int, int]:
+  """An image size, int (square) or (H, W), as (H, W)."""
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  h, w = size
+  return int(h), int(w)
+
+
+def resize(image: np.ndarray, size) -> np.ndarray:
+  """Bilinear resize of a uint8 [H, W, C] image to [size, size, C] or, with size = (h, w), [h, w, C] (PIL)."""
+  h, w = hw(size)
+  if image.shape[0] == h and image.shape[1] == w:
     return image
   if image.shape[2] == 3:
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
   # Other channel counts one plane at a time: PIL would read 2 or 4 channels as
   # having alpha and premultiply by it.
-  planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).resize((size, size), Image.BILINEAR))
+  planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).resize((w, h), Image.BILINEAR))
             for c in range(image.shape[2])]
   return np.stack(planes, axis=2)
 
 
-def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+def resize_batch(images: np.ndarray, size) -> np.ndarray:
   """`resize` applied to every image of a uint8 [N, H, W, C] array."""
-  if images.shape[1] == size and images.shape[2] == size:
+  h, w = hw(size)
+  if images.shape[1] == h and images.shape[2] == w:
     return images
-  return np.stack([resize(im, size) for im in images]) if len(images) else np.zeros(
-      (0, size, size, images.shape[3]), np.uint8)
+  return np.stack([resize(im, (h, w)) for im in images]) if len(images) else np.zeros(
+      (0, h, w, images.shape[3]), np.uint8)
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -167,6 +177,8 @@ class AugmentOptions(NamedTuple):
   erase_mode: str = "pixel"
   image_size: int = 0          # scale_crop: the output size (the spec's image size)
   scale_crop_load: int = 0     # scale_crop: the size it crops from (int(image_size * data.scale_crop_ratio))
+  scale_range: Tuple[float, float] = (0.5, 2.0)   # scale: factor drawn uniformly from this range
+  scale_base: int = 0          # scale: 0 = relative to the image; > 0: shorter side = scale_base * factor
 
 
 Augmentation = Callable[[np.ndarray, np.random.Generator, AugmentOptions], np.ndarray]
@@ -183,6 +195,12 @@ AUGMENTATIONS: Dict[str, Augmentation] = {
                                                   opt.erase_mode),
 }
 
+# Geometric augmentations of datasets with spatial targets (masks, boxes), which move every spatial field
+# together (`geometry`): random scale by data.scale_range, random crop to data.image_size (padding when
+# smaller), and flip. `crop` and `flip` mean these on such datasets and the image-only ops above otherwise.
+SPATIAL_AUGMENTATIONS = ("scale", "crop", "flip")
+AUGMENTATION_NAMES = tuple(AUGMENTATIONS) + tuple(n for n in SPATIAL_AUGMENTATIONS if n not in AUGMENTATIONS)
+
 # Augmentations of the normalised float32 image: applied after `normalize`, after all the others.
 NORMALIZED_AUGMENTATIONS = frozenset({"erase"})
 # Augmentations that take a larger image than the output (the pipeline reads it at that size): listed first.
@@ -195,7 +213,7 @@ def parse_augment(spec: str) -> tuple:
   if names in ((), ("none",)):
     return ()
   for name in names:
-    if name not in AUGMENTATIONS:
+    if name not in AUGMENTATION_NAMES:
       raise ValueError(name)
   return names
 
