@@ -33,11 +33,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"            # sgd | nesterov | adam | adamw | lamb
   c.optim.lr = 1e-3
-  c.optim.schedule = "cosine"       # cosine | step | linear | constant (after linear warmup)
+  c.optim.schedule = "cosine"       # cosine | step | linear | constant | poly (after linear warmup)
   c.optim.warmup_steps = 0
   c.optim.end_lr_factor = 0.0
   c.optim.step_at = (0.5, 0.75)     # step schedule: fractions of training where lr *= step_factor
   c.optim.step_factor = 0.1
+  c.optim.poly_power = 0.9          # poly schedule: lr * (1 - t/T) ** poly_power (DeepLab)
   c.optim.momentum = 0.9
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
@@ -50,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune = ml_collections.ConfigDict()
   c.finetune.weights = ""
   c.finetune.converter_name = ""    # the weights' model name for the converter (default: model.name)
+  c.finetune.into = ""              # parameter subtree to load them into, e.g. 'backbone' ('': the whole model)
   c.finetune.freeze = ""            # regex over 'a/b/kernel' parameter paths to keep fixed, e.g. '^(?!fc/)'
 
   c.eval = ml_collections.ConfigDict()

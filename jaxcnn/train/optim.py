@@ -5,11 +5,16 @@ import optax
 from jaxcnn.errors import UserError, unknown
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lamb")
-SCHEDULES = ("cosine", "step", "constant", "linear")
+SCHEDULES = ("cosine", "step", "constant", "linear", "poly")
 
 
 def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0, then cosine / step / constant / linear decay to `end_lr_factor * lr`."""
+  """Linear warmup from 0, then cosine / step / constant / linear / poly decay to `end_lr_factor * lr`.
+
+  'poly' (DeepLab; torchvision's segmentation reference `LambdaLR(lambda x: (1 - x / iters) ** 0.9)`):
+  lr * (1 - t / T) ** optim.poly_power (0.9 if the config has no such key), t counted from the
+  end of warmup and T the steps after it; with end_lr_factor > 0 it decays to that floor instead of 0.
+  """
   lr, warmup = float(optim_cfg.lr), int(optim_cfg.warmup_steps)
   if lr <= 0:
     raise UserError(f"optim.lr must be > 0, got {lr}")
@@ -26,6 +31,11 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     decay = optax.linear_schedule(lr, end, decay_steps)
   elif name == "constant":
     decay = optax.constant_schedule(lr)
+  elif name == "poly":
+    power = float(optim_cfg.get("poly_power", 0.9))
+    if not power > 0:
+      raise UserError(f"optim.poly_power must be > 0, got {power}")
+    decay = optax.polynomial_schedule(lr, end, power, decay_steps)
   elif name == "step":
     # Multiply by `step_factor` at each fraction of training in `step_at` (e.g. (0.5, 0.75) as in He et al.).
     boundaries = {int(f * decay_steps): float(optim_cfg.step_factor) for f in optim_cfg.step_at}
