@@ -283,3 +283,63 @@ def adaptive_avg_pool(x, output_size: IntPair):
   # Two small matmuls: exact bin means, and their gradient is the same linear map transposed.
   x = jnp.einsum("oh,bhwc->bowc", rows, x, precision=lax.Precision.HIGHEST)
   return jnp.einsum("pw,bowc->bopc", cols, x, precision=lax.Precision.HIGHEST)
+
+
+# ----------------------------------------------------------------------------- switches and unpooling
+
+def max_pool_with_argmax(x, window: IntPair = 2, stride=None):
+  """`torch.nn.functional.max_pool2d(x, window, stride, return_indices=True)` on NHWC: (values, indices).
+
+  No padding, floor mode. `indices` (int32, the shape of `values`) are the
+  "switches" of DeconvNet and SegNet: for each output, the flat position
+  row * W + col of its maximum in its own (batch, channel) plane of the
+  input, torch's convention. A tie goes to the first maximum in raster order,
+  as in torch, and so does the gradient, which reaches only that pixel.
+  """
+  window = _pair(window)
+  stride = window if stride is None else _pair(stride)
+  n, h, w, c = x.shape
+  (kh, kw), (sh, sw) = window, stride
+  out_h, out_w = pool_output_size(h, kh, sh), pool_output_size(w, kw, sw)
+  taps = [lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, c), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  stacked = jnp.stack(taps, axis=-1)
+  tap = jnp.argmax(stacked, axis=-1)
+  values = jnp.take_along_axis(stacked, tap[..., None], axis=-1)[..., 0]
+  rows = (jnp.arange(out_h) * sh)[:, None, None] + tap // kw
+  cols = (jnp.arange(out_w) * sw)[None, :, None] + tap % kw
+  return values, (rows * w + cols).astype(jnp.int32)
+
+
+def max_unpool(x, indices, window: IntPair = 2, stride=None, output_size=None):
+  """`torch.nn.functional.max_unpool2d(x, indices, window, stride, output_size=...)` on NHWC.
+
+  Each value of x goes back to the input position its switch in `indices`
+  names (from `max_pool_with_argmax` with the same window and stride); every
+  other position is zero. `output_size` (H, W) is the pooled map's size
+  (default torch's `(out - 1) * stride + window`); it must pool back to x's
+  size, and must be given when pooling dropped a remainder row or column:
+  the switches count positions in rows of the pooled map's width. Non-overlapping windows only (window <= stride), which makes the
+  result a fixed-shape select per stride x stride block instead of a scatter.
+  """
+  window = _pair(window)
+  stride = window if stride is None else _pair(stride)
+  (kh, kw), (sh, sw) = window, stride
+  n, out_h, out_w, c = x.shape
+  if tuple(indices.shape) != tuple(x.shape):
+    raise UserError(f"max_unpool: indices of shape {tuple(indices.shape)} do not match the values' {tuple(x.shape)}")
+  if kh > sh or kw > sw:
+    raise UserError(f"max_unpool supports non-overlapping windows only (window <= stride), got window "
+                    f"{window} and stride {stride}")
+  h, w = ((out_h - 1) * sh + kh, (out_w - 1) * sw + kw) if output_size is None else _pair(output_size)
+  if h < kh or w < kw or (pool_output_size(h, kh, sh), pool_output_size(w, kw, sw)) != (out_h, out_w):
+    raise UserError(f"max_unpool: output_size {(h, w)} does not pool to the input's {out_h}x{out_w} with "
+                    f"window {window} and stride {stride}")
+  rows, cols = indices // w, indices % w
+  di = rows - (jnp.arange(out_h) * sh)[:, None, None]      # the switch's offset inside its block
+  dj = cols - (jnp.arange(out_w) * sw)[None, :, None]
+  here = (di[..., None, None] == jnp.arange(sh)[:, None]) & (dj[..., None, None] == jnp.arange(sw))
+  blocks = jnp.where(here, x[..., None, None], jnp.zeros((), x.dtype))      # [n, oh, ow, c, sh, sw]
+  y = blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, out_h * sh, out_w * sw, c)
+  y = y[:, :h, :w]
+  return jnp.pad(y, ((0, 0), (0, h - y.shape[1]), (0, w - y.shape[2]), (0, 0)))
