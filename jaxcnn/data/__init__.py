@@ -10,7 +10,12 @@
 Missing tfds datasets: `python -m jaxcnn.data.prepare NAME` (no TensorFlow needed).
 Datasets in the user's own files: `register_source(info, open_split)`, then
 `data.name = info.name` and `data.data_dir = <their folder>` (see `sources`);
-`cub_stackgan` (CUB birds + StackGAN text embeddings) is registered on import.
+`cub_stackgan` (CUB birds + StackGAN text embeddings), `voc2012_seg` (PASCAL VOC
+2012 segmentation, `voc`) and `cityscapes` are registered on import. Segmentation:
+`digits_seg` (embedded canvases of digits, `canvas`), tfds `oxford_iiit_pet`
+(trimaps, `pets`); their batches carry 'segmentation' int32 [b, H, W] (see pipeline).
+
+    spec = element_spec(cfg.data, global_batch_size=128)   # {field: jax.ShapeDtypeStruct} of a local train batch
 """
 from jaxcnn.data.config import DataSpec, default_data_config, resolve
 from jaxcnn.data.pipeline import EvalBatches, element_spec, eval_iterator, train_iterator
@@ -18,6 +23,10 @@ from jaxcnn.data.sources import (ArraySource, DatasetInfo, IndexedSource, TfdsSo
                                  dataset_info, dataset_names, embedded_names, extra_field_specs, get_source,
                                  register_source, registered_names)
 from jaxcnn.data import embeddings as _embeddings  # noqa: F401,E402  (registers cub_stackgan)
+from jaxcnn.data import canvas as _canvas  # noqa: F401,E402  (registers digits_seg)
+from jaxcnn.data import cityscapes as _cityscapes  # noqa: F401,E402  (registers cityscapes)
+from jaxcnn.data import pets as _pets  # noqa: F401,E402  (registers oxford_iiit_pet)
+from jaxcnn.data import voc as _voc  # noqa: F401,E402  (registers voc2012_seg)
 
 __all__ = [
     "ArraySource", "DataSpec", "DatasetInfo", "EvalBatches", "IndexedSource", "TfdsSource", "channel_stats",

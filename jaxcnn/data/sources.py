@@ -445,6 +445,7 @@ def _digits_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
   return splits
 
 
+digits_arrays = _digits_arrays   # public: the datasets built from the digits (canvas.py) start from these
 _EMBEDDED_LOADERS = {"digits": _digits_arrays}
 
 
