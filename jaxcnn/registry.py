@@ -5,7 +5,7 @@ its keyword arguments (`num_classes`, `dtype`, widths, ...).
 """
 import dataclasses
 import inspect
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import flax.linen as nn
 
@@ -61,6 +61,21 @@ def model_options(name: str) -> set:
   if name not in _MODELS:
     raise unknown("model", name, _MODELS)
   return _accepted_kwargs(_MODELS[name][0])
+
+
+def pretrained_adapter(name: str) -> Optional[Callable[[dict, dict], dict]]:
+  """The fine-tuning hook of model `name`, or None if it is not registered or has none.
+
+  A model class (or factory) may define `adapt_pretrained(variables, target) -> variables`:
+  converted weights of that architecture brought to the layout and shapes of `target`
+  (a model's variables, arrays or shape structs), e.g. ViT's stacked scan blocks and
+  resampled position embedding. `jaxcnn.train.finetune` calls it, so the trainer stays
+  model-agnostic.
+  """
+  _import_models()
+  if name not in _MODELS:
+    return None
+  return getattr(_MODELS[name][0], "adapt_pretrained", None)
 
 
 def list_models(pattern: str = "") -> list:

@@ -1,4 +1,4 @@
-"""MobileNet v1 (Howard et al. 2017) and MobileNet v2 (Sandler et al. 2018, as torchvision).
+"""MobileNet v1 (Howard et al. 2017), v2 (Sandler et al. 2018) and v3 (Howard et al. 2019; v2 and v3 as torchvision).
 
 `mobilenet_v1`: a 3x3/2 conv, then 13 depthwise separable convolutions
 (3x3 depthwise conv-BN-ReLU, 1x1 pointwise conv-BN-ReLU; paper Table 1),
@@ -40,11 +40,43 @@ stride 2, 4, 8, 16, 32 (v2: 16, 24, 32, 96, 320 channels; v1: 64, 128,
 and 'stage1'..'stage4' (24, 32, 96, 320 channels) at strides 1, 2, 4, 8. The v2 head conv (to 1280) belongs to the
 classifier and is skipped.
 
+`mobilenet_v3_large` / `mobilenet_v3_small`: torchvision's MobileNetV3
+(Howard et al. 2019; 5,483,032 / 2,542,856 parameters at 1000 classes): a
+3x3/2 conv-BN-hardswish stem to 16 channels, 15 / 11 inverted residual blocks
+(paper Tables 1 and 2: 1x1 expansion where the width changes, k x k
+depthwise conv with the stride, squeeze-and-excitation where the table says
+so, linear 1x1 projection; ReLU or hardswish per block; identity shortcut
+where stride 1 and channels match), a 1x1 conv-BN-hardswish to 6x the last
+width (960 / 576), global average pooling, then torchvision's classifier:
+linear to 1280 / 1024, hardswish, dropout 0.2, linear to the classes. The SE
+squeezes the expanded width to `make_divisible(expanded // 4, 8)` with ReLU
+and gates with a hard sigmoid. BatchNorm eps 1e-3 and torch momentum 0.01
+(0.99 in flax's convention), as torchvision. `width_mult` and `reduced_tail`
+(the last stage at half width) are torchvision's options.
+
+`dilated=True` (torchvision's option for its segmentation models): the last
+stage keeps output stride 16 and dilates its depthwise convolutions by 2
+instead (no parameter changes).
+
+v3 backbone use: `return_features=True` returns {'stem', 'stage1'..'stage5',
+'low', 'high'}: the stem output, the last output at strides 2, 4, 8, 16, 32
+(large: 16, 16, 24, 40, 112, 160 channels; small: 16 (the stem), 16, 24, 48,
+96; with `dilated` 'stage5' is at stride 16), and the two maps torchvision's
+segmentation heads tap: 'low', the output of the strided block that reaches
+output stride 8 (large: block 4, 40 channels; small: block 2, 24 channels;
+torchvision's `stage_indices[-4]`), and 'high', the 1x1 conv to 960 / 576
+channels (`last_conv`, torchvision's last `features` entry; output stride 16
+when dilated). DeepLabV3 feeds 'high' to its head and 'low' to its auxiliary
+head; LR-ASPP uses both.
+
 Parameter names: v1 `stem`, `block{i}/{depthwise,pointwise}`, `classifier`;
-v2 `stem`, `block{i}/{expand,depthwise,project}`, `head`, `classifier`, each
-conv unit a `layers.ConvBNAct` (`conv`, `bn`); `jaxcnn.convert.mobilenet`
-maps torchvision's `features.<i>.conv.<j>` names onto v2's. Initialisation as
-torchvision: Kaiming-normal (fan_out) convolutions, N(0, 0.01) classifier.
+v2 `stem`, `block{i}/{expand,depthwise,project}`, `head`, `classifier`;
+v3 `stem`, `block{i}/{expand,depthwise,se/{fc1,fc2},project}`, `last_conv`,
+`classifier/{fc1,fc2}` (the backbone is everything but `classifier`). Each
+conv unit is a `layers.ConvBNAct` (`conv`, `bn`); `jaxcnn.convert.mobilenet`
+maps torchvision's `features.<i>.conv.<j>` (v2) and `features.<i>.block.<j>`
+(v3) names onto these. Initialisation as torchvision: Kaiming-normal
+(fan_out) convolutions, N(0, 0.01) classifiers.
 """
 import functools
 from typing import Any, Optional
@@ -53,7 +85,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.errors import UserError
-from jaxcnn.layers.conv_norm import ConvBNAct
+from jaxcnn.layers import Conv
+from jaxcnn.layers.conv_norm import ConvBNAct, conv_kaiming_fan_out
 from jaxcnn.registry import register_model
 
 dense_init = nn.initializers.normal(0.01)
@@ -199,3 +232,158 @@ class MobileNetV2(nn.Module):
 register_model("mobilenet_v1")(MobileNetV1)
 register_model("mobilenet_v2")(MobileNetV2)
 register_model("mobilenet_v2_cifar", cifar_stem=True, dropout_rate=0.0, num_classes=10)(MobileNetV2)
+
+
+# MobileNet v3 (paper Tables 1 and 2): kernel, expanded channels, output channels, SE, hardswish, stride.
+# The blocks from the last stride 2 on form the last stage, which `dilated` and `reduced_tail` change.
+V3_LARGE = ((3, 16, 16, False, False, 1), (3, 64, 24, False, False, 2), (3, 72, 24, False, False, 1),
+            (5, 72, 40, True, False, 2), (5, 120, 40, True, False, 1), (5, 120, 40, True, False, 1),
+            (3, 240, 80, False, True, 2), (3, 200, 80, False, True, 1), (3, 184, 80, False, True, 1),
+            (3, 184, 80, False, True, 1), (3, 480, 112, True, True, 1), (3, 672, 112, True, True, 1),
+            (5, 672, 160, True, True, 2), (5, 960, 160, True, True, 1), (5, 960, 160, True, True, 1))
+V3_SMALL = ((3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
+            (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
+            (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1), (5, 288, 96, True, True, 2),
+            (5, 576, 96, True, True, 1), (5, 576, 96, True, True, 1))
+# arch: (blocks, width of the classifier's hidden layer)
+V3_ARCHS = {"large": (V3_LARGE, 1280), "small": (V3_SMALL, 1024)}
+V3_STEM = 16
+
+
+class DilatedConvBNAct(ConvBNAct):
+  """`ConvBNAct` whose convolution is dilated by `dilation`, padded by dilation * (k - 1) // 2 (same names)."""
+  dilation: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    padding = self.dilation * (self.kernel_size - 1) // 2 if self.padding is None else self.padding
+    x = Conv(self.features, (self.kernel_size, self.kernel_size), self.strides, padding=padding,
+             kernel_dilation=self.dilation, feature_group_count=self.groups, use_bias=False,
+             kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="bn")(x)
+    return x if self.activation is None else self.activation(x)
+
+
+class HardSqueezeExcite(nn.Module):
+  """x * hard_sigmoid(fc2(relu(fc1(mean_hw(x))))), the fcs 1x1 convs with bias (torchvision's v3 SE)."""
+  squeeze_channels: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(Conv, kernel_size=(1, 1), kernel_init=conv_kaiming_fan_out,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    scale = jnp.mean(x, axis=(1, 2), keepdims=True)
+    scale = nn.relu(conv(self.squeeze_channels, name="fc1")(scale))
+    return x * nn.hard_sigmoid(conv(x.shape[-1], name="fc2")(scale))
+
+
+class InvertedResidualV3(nn.Module):
+  """1x1 expand (where the width changes) - k x k depthwise - SE (optional) - 1x1 linear projection (+ identity)."""
+  features: int
+  expanded: int
+  kernel_size: int
+  strides: int
+  dilation: int
+  use_se: bool
+  activation: Any
+  unit: Any  # DilatedConvBNAct partial with dtypes and BN settings
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = x
+    if self.expanded != x.shape[-1]:
+      y = self.unit(self.expanded, 1, activation=self.activation, name="expand")(y, train)
+    # torchvision: a dilated block does not stride (its stride becomes the dilation)
+    strides = 1 if self.dilation > 1 else self.strides
+    y = self.unit(self.expanded, self.kernel_size, strides, groups=self.expanded, activation=self.activation,
+                  dilation=self.dilation, name="depthwise")(y, train)
+    if self.use_se:
+      y = HardSqueezeExcite(make_divisible(self.expanded // 4, 8), self.unit.keywords["dtype"],
+                            self.unit.keywords["param_dtype"], name="se")(y)
+    y = self.unit(self.features, 1, activation=None, name="project")(y, train)
+    if self.strides == 1 and x.shape[-1] == self.features:
+      return x + y
+    return y
+
+
+class MobileNetV3Classifier(nn.Module):
+  """torchvision's v3 classifier on pooled features: linear - hardswish - dropout - linear."""
+  hidden: int
+  num_classes: int
+  dropout_rate: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.hard_swish(dense(self.hidden, name="fc1")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return dense(self.num_classes, name="fc2")(x)
+
+
+class MobileNetV3(nn.Module):
+  """torchvision's MobileNetV3 large / small, optionally dilated for segmentation (see module doc)."""
+  arch: str = "large"
+  width_mult: float = 1.0
+  reduced_tail: bool = False       # torchvision's option: the last stage at half width
+  dilated: bool = False            # the last stage at output stride 16, depthwise convs dilated by 2
+  dropout_rate: float = 0.2
+  return_features: bool = False
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  def __post_init__(self):
+    if self.arch not in V3_ARCHS:
+      raise UserError(f"arch={self.arch!r} is not a MobileNetV3 (allowed: {', '.join(V3_ARCHS)})")
+    if not self.width_mult > 0:
+      raise UserError(f"width_mult={self.width_mult} must be positive")
+    _check_dropout(self.dropout_rate)
+    super().__post_init__()
+
+  def blocks(self):
+    """(kernel, expanded, output channels, SE, hardswish, stride, dilation) of each block, widths adjusted."""
+    table, _ = V3_ARCHS[self.arch]
+    last_stage = max(i for i, b in enumerate(table) if b[5] == 2)
+    adjust = lambda c: make_divisible(c * self.width_mult, 8)
+    divider = 2 if self.reduced_tail else 1
+    blocks = []
+    for i, (k, expanded, out, se, hs, stride) in enumerate(table):
+      if i >= last_stage:
+        out //= divider
+        expanded = expanded if i == last_stage else expanded // divider
+      dilation = 2 if self.dilated and i >= last_stage else 1
+      blocks.append((k, adjust(expanded), adjust(out), se, hs, stride, dilation))
+    return blocks
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    unit = functools.partial(DilatedConvBNAct, bn_momentum=0.99, bn_epsilon=1e-3, bn_axis_name=self.bn_axis_name,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    x = unit(make_divisible(V3_STEM * self.width_mult, 8), 3, 2, activation=nn.hard_swish, name="stem")(x, train)
+    features, stride = {"stem": x, "stage1": x}, 2
+    for i, (k, expanded, out, se, hs, s, dilation) in enumerate(self.blocks(), start=1):
+      x = InvertedResidualV3(out, expanded, k, s, dilation, se, nn.hard_swish if hs else nn.relu, unit,
+                             name=f"block{i}")(x, train)
+      stride *= s
+      features[f"stage{stride.bit_length() - 1}"] = x  # the last output at each (undilated) stride
+      if s == 2 and stride == 8:
+        features["low"] = x
+    x = unit(6 * x.shape[-1], 1, activation=nn.hard_swish, name="last_conv")(x, train)
+    if self.return_features:
+      return {**features, "high": x}
+    x = jnp.mean(x, axis=(1, 2))
+    _, hidden = V3_ARCHS[self.arch]
+    hidden = make_divisible(hidden // (2 if self.reduced_tail else 1) * self.width_mult, 8)
+    return MobileNetV3Classifier(hidden, self.num_classes, self.dropout_rate, self.dtype, self.param_dtype,
+                                 name="classifier")(x, train)
+
+
+register_model("mobilenet_v3_large", arch="large")(MobileNetV3)
+register_model("mobilenet_v3_small", arch="small")(MobileNetV3)
