@@ -9,7 +9,9 @@ Parameter names follow timm's `VisionTransformer`, so its weights map by name
 (kernels transposed): patch_embed, cls_token, pos_embed, blocks_{i}/{norm1,
 attn/{qkv,proj}, norm2, mlp/{fc1,fc2}}, norm, head. With `scan_layers=True`
 the blocks are one `blocks` subtree whose leaves carry a leading depth axis;
-`scan_params` / `unscan_params` convert between the two layouts.
+`scan_params` / `unscan_params` convert between the two layouts;
+`adapt_pretrained` (the registry's fine-tuning hook) brings converted weights
+to a model's layout and resolution.
 
 The `*_patch16_224` / `*_patch32_224` variants have timm's (and torchvision's)
 exact parameter counts at 224x224 with 1000 classes, e.g. vit_base_patch16_224
@@ -18,17 +20,21 @@ exact parameter counts at 224x224 with 1000 classes, e.g. vit_base_patch16_224
 Logits come out in the compute `dtype` (bfloat16 under bfloat16 compute); the
 classification task casts them to float32 for the loss.
 """
+import logging
 import math
 from typing import Any, ClassVar, Dict, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn.errors import UserError
 from jaxcnn.layers import Conv, LayerNorm, gelu
 from jaxcnn.layers.attention import MultiHeadSelfAttention
 from jaxcnn.registry import register_model
+
+log = logging.getLogger("jaxcnn")
 
 LN_EPS = 1e-6  # ViT / big_vision / timm all use 1e-6, not flax's 1e-5 default.
 
@@ -247,6 +253,32 @@ def resample_posemb(posemb, new_grid: Union[int, Sequence[int]],
   grid = grid.reshape(1, new_h * new_w, dim).astype(posemb.dtype)
   return jnp.concatenate([prefix, grid], axis=1)
 
+
+def adapt_pretrained(variables: dict, target: dict) -> dict:
+  """ViT weights (converted, unrolled `blocks_i`) brought to a target model's layout, for fine-tuning.
+
+  `target` holds the fine-tuning model's variables (arrays or shape structs). A
+  `scan_layers=True` target keeps its blocks as one stacked `blocks` subtree; a
+  position embedding of another token count is resampled to the target's square
+  grid (bicubic, antialiased: timm's `resample_abs_pos_embed`). Everything else
+  passes through unchanged. Found by `jaxcnn.train.finetune` through the registry
+  (`ViT.adapt_pretrained`), so the trainer knows nothing of this layout.
+  """
+  params, fresh = dict(variables.get("params", {})), target.get("params", {})
+  if "blocks" in fresh and "blocks_0" in params and "blocks_0" not in fresh:
+    params = scan_params(params)
+  if "pos_embed" in fresh and "pos_embed" in params:
+    old, new = np.shape(params["pos_embed"]), tuple(fresh["pos_embed"].shape)
+    if old != new and old[2] == new[2]:
+      prefix = 1 if "cls_token" in fresh else 0
+      grid = int(round((new[1] - prefix) ** 0.5))
+      params["pos_embed"] = np.asarray(resample_posemb(params["pos_embed"], grid, num_prefix_tokens=prefix,
+                                                       method="bicubic"))
+      log.info("fine-tuning: resampled pos_embed %s -> %s", tuple(old), new)
+  return {**variables, "params": params}
+
+
+ViT.adapt_pretrained = staticmethod(adapt_pretrained)
 
 register_model("vit")(ViT)
 # CIFAR-sized (32x32, 4x4 patches, 64 patches + class token).
