@@ -32,6 +32,16 @@ builds no classifier:
 In pre-activation models the last stage includes the final BN-ReLU (what
 the classifier would see); every other map is a raw block output.
 
+Dilation (dense prediction): `replace_stride_with_dilation` (torchvision's
+option: three bools for stages 2-4) runs a stage at stride 1 and doubles the
+dilation of the 3x3 convolutions from there on; as torchvision's
+`_make_layer`, the first block of a dilated stage still uses the previous
+dilation and the later blocks the new one. `output_stride` says the same
+shortly: 8 -> (False, True, True), 16 -> (False, False, True), 32 -> no
+dilation. Parameters are unchanged (dilation adds none), so classification
+weights load into a dilated backbone as they are. CIFAR-stem models cannot
+dilate (UserError).
+
 Initialisation follows torchvision: convolutions Kaiming-normal (fan_out),
 BN scale 1 / bias 0, the classifier uniform(+-1/sqrt(fan_in)) with zero bias.
 `zero_init_residual=True` zeroes the last BN scale of every block (the last
@@ -43,6 +53,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn.errors import UserError
 from jaxcnn.layers import Conv, max_pool
@@ -105,15 +116,17 @@ class BasicBlock(nn.Module):
   zero_init_residual: bool = False
   dropout: Optional[ModuleDef] = None  # between the two convs when given
   attn: Optional[ModuleDef] = None     # attention on the residual branch (SE, ECA, CBAM, GSoP): attn(channels, name=)
+  dilation: int = 1                    # of both 3x3 convs (torchvision has none for this block)
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
-    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name="conv1")(x)
+    d = self.dilation
+    y = self.conv(self.filters, (3, 3), self.strides, padding=d, kernel_dilation=d, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     if self.dropout is not None:
       y = self.dropout()(y)
-    y = self.conv(self.filters, (3, 3), padding=1, name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), padding=d, kernel_dilation=d, name="conv2")(y)
     y = _last_bn(self.norm, self.zero_init_residual, "bn2")(y)
     if self.attn is not None:
       y = self.attn(self.filters, name="se")(y)  # 'se' as timm names it, whatever the kind
@@ -135,6 +148,7 @@ class Bottleneck(nn.Module):
   shortcut: str = "B"
   zero_init_residual: bool = False
   attn: Optional[ModuleDef] = None
+  dilation: int = 1                    # of the 3x3 conv, as torchvision's Bottleneck
   expansion = 4
 
   @nn.compact
@@ -142,7 +156,7 @@ class Bottleneck(nn.Module):
     out = self.filters * self.expansion
     y = self.conv(self.width, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.width, (3, 3), self.strides, padding=1,
+    y = self.conv(self.width, (3, 3), self.strides, padding=self.dilation, kernel_dilation=self.dilation,
                   feature_group_count=self.groups, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(out, (1, 1), name="conv3")(y)
@@ -169,16 +183,19 @@ class PreActBasicBlock(nn.Module):
   shortcut: str = "B"
   zero_init_residual: bool = False
   dropout: Optional[ModuleDef] = None
+  dilation: int = 1
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
+    d = self.dilation
     act = x if self.activated_input else nn.relu(self.norm(name="bn1")(x))
-    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name="conv1")(act)
+    y = self.conv(self.filters, (3, 3), self.strides, padding=d, kernel_dilation=d, name="conv1")(act)
     y = nn.relu(self.norm(name="bn2")(y))
     if self.dropout is not None:
       y = self.dropout()(y)
-    y = _last_conv(self.conv, self.zero_init_residual, self.filters, (3, 3), padding=1, name="conv2")(y)
+    y = _last_conv(self.conv, self.zero_init_residual, self.filters, (3, 3), padding=d, kernel_dilation=d,
+                   name="conv2")(y)
     source = act if self.first_in_stage else x
     return y + shortcut(source, self.filters, self.strides, self.shortcut, self.conv)
 
@@ -195,6 +212,7 @@ class PreActBottleneck(nn.Module):
   activated_input: bool = False
   shortcut: str = "B"
   zero_init_residual: bool = False
+  dilation: int = 1
   expansion = 4
 
   @nn.compact
@@ -203,7 +221,7 @@ class PreActBottleneck(nn.Module):
     act = x if self.activated_input else nn.relu(self.norm(name="bn1")(x))
     y = self.conv(self.width, (1, 1), name="conv1")(act)
     y = nn.relu(self.norm(name="bn2")(y))
-    y = self.conv(self.width, (3, 3), self.strides, padding=1,
+    y = self.conv(self.width, (3, 3), self.strides, padding=self.dilation, kernel_dilation=self.dilation,
                   feature_group_count=self.groups, name="conv2")(y)
     y = nn.relu(self.norm(name="bn3")(y))
     y = _last_conv(self.conv, self.zero_init_residual, out, (1, 1), name="conv3")(y)
@@ -249,6 +267,8 @@ class ResNet(nn.Module):
   attn: Optional[str] = None      # 'se' | 'eca' | 'cbam' | 'gsop' on the residual branch (timm attn_layer)
   attn_blocks: str = "all"        # 'all' blocks, or the 'last' block of each stage (GSoP-Net1)
   last_stage_strides: int = 2     # 1 keeps the last stage at 1/16 resolution (GSoP-Net1: 14x14 at 224)
+  replace_stride_with_dilation: Optional[Sequence[bool]] = None  # stages 2.., torchvision's option
+  output_stride: Optional[int] = None  # 8 | 16 | 32: shorthand for replace_stride_with_dilation
   zero_init_residual: bool = False
   return_features: bool = False
   num_classes: int = 1000
@@ -269,7 +289,46 @@ class ResNet(nn.Module):
                       "(use block='bottleneck' for ResNeXt / wide ResNets)")
     if self.groups < 1 or self.width_per_group < 1:
       raise UserError(f"groups={self.groups} and width_per_group={self.width_per_group} must be >= 1")
+    self._dilations()  # validates the dilation options
     super().__post_init__()
+
+  def _replace_with_dilation(self) -> tuple:
+    """One bool per stage after the first: that stage trades its stride for dilation."""
+    later = len(self.stage_sizes) - 1
+    if self.replace_stride_with_dilation is None and self.output_stride is None:
+      return (False,) * later
+    if self.stem != "imagenet":
+      raise UserError(f"a ResNet with stem={self.stem!r} cannot dilate (its stages run at strides 1, 2, 4); "
+                      "replace_stride_with_dilation / output_stride need stem='imagenet'")
+    if self.last_stage_strides != 2:
+      raise UserError("replace_stride_with_dilation / output_stride need last_stage_strides=2 "
+                      f"(got {self.last_stage_strides})")
+    if self.output_stride is not None:
+      if self.replace_stride_with_dilation is not None:
+        raise UserError("give either output_stride or replace_stride_with_dilation, not both")
+      if len(self.stage_sizes) != 4:
+        raise UserError(f"output_stride needs the four-stage ImageNet layout (got {len(self.stage_sizes)} stages)")
+      allowed = {8: (False, True, True), 16: (False, False, True), 32: (False, False, False)}
+      if self.output_stride not in allowed:
+        raise UserError(f"output_stride={self.output_stride!r} is not supported (allowed: 8, 16, 32)")
+      return allowed[self.output_stride]
+    replace = tuple(self.replace_stride_with_dilation)
+    if len(replace) != later or not all(isinstance(r, (bool, np.bool_)) for r in replace):
+      raise UserError(f"replace_stride_with_dilation={replace} must be {later} bools "
+                      f"(one per stage after the first), e.g. {(False,) * (later - 1) + (True,)}")
+    return tuple(bool(r) for r in replace)
+
+  def _dilations(self) -> list:
+    """Per stage: (strides, dilation of its first block, dilation of the others)."""
+    replace = self._replace_with_dilation()
+    dilation, plan = 1, []
+    for stage in range(len(self.stage_sizes)):
+      strides = 1 if stage == 0 else (self.last_stage_strides if stage == len(self.stage_sizes) - 1 else 2)
+      previous = dilation
+      if stage > 0 and replace[stage - 1]:
+        dilation, strides = dilation * strides, 1
+      plan.append((strides, previous, dilation))
+    return plan
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -301,9 +360,9 @@ class ResNet(nn.Module):
 
   def _block(self, stage: int, index: int, conv, norm) -> nn.Module:
     """Block `index` of stage `stage`, named like torchvision's `layer{stage+1}.{index}`."""
-    strides = 1 if stage == 0 or index > 0 else (
-        self.last_stage_strides if stage == len(self.stage_sizes) - 1 else 2)
-    kwargs = dict(filters=64 * 2**stage, strides=strides,
+    stage_strides, first_dilation, dilation = self._dilations()[stage]
+    kwargs = dict(filters=64 * 2**stage, strides=stage_strides if index == 0 else 1,
+                  dilation=first_dilation if index == 0 else dilation,
                   conv=conv, norm=norm, zero_init_residual=self.zero_init_residual,
                   name=f"layer{stage + 1}_{index}")
     if self.block == "bottleneck":
