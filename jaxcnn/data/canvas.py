@@ -30,6 +30,14 @@ and 500 'test' canvases only from its 'test' split (see `sources`: 1,437 /
 np.random.default_rng([5, 1]) (test), owned by this module alone. Examples are
 {'image': uint8 [64, 64, 1], 'segmentation': uint8 [64, 64]}; the splits are
 generated on first use and kept in memory.
+
+`digits_det` (embedded; 10 classes, the digits) is the same canvases with
+their boxes instead of the mask: {'image': uint8 [64, 64, 1], 'boxes': float32
+[4, 4] tight ink boxes xyxy in pixels, 'boxes_valid': bool [4], 'box_classes':
+int32 [4] digit labels}, slots past a canvas's digits zero and invalid (a canvas
+has at most 4 digits). Geometric augmentation moves the boxes, clips them to
+the crop and clears 'boxes_valid' of boxes it leaves without area (see
+`geometry`); 'box_classes' keeps its slots.
 """
 import functools
 from typing import Dict, Tuple
@@ -117,6 +125,14 @@ def _digits_seg_arrays() -> Dict[str, Dict[str, np.ndarray]]:
           for split, a in digits_canvas_splits().items()}
 
 
+def _digits_det_arrays() -> Dict[str, Dict[str, np.ndarray]]:
+  return {split: {"image": a["image"], "boxes": a["boxes"], "boxes_valid": a["valid"], "box_classes": a["classes"]}
+          for split, a in digits_canvas_splits().items()}
+
+
 SEG_INFO = sources.DatasetInfo("digits_seg", 11, (CANVAS_SIZE, CANVAS_SIZE, 1), True, "train", "test", None,
                                fields={"image": "image", "segmentation": "mask"}, class_names=CLASS_NAMES)
 sources.register_embedded(SEG_INFO, _digits_seg_arrays)
+DET_INFO = sources.DatasetInfo("digits_det", 10, (CANVAS_SIZE, CANVAS_SIZE, 1), True, "train", "test", None,
+                               fields={"image": "image", "boxes": "boxes"}, class_names=CLASS_NAMES[1:])
+sources.register_embedded(DET_INFO, _digits_det_arrays)

@@ -260,3 +260,63 @@ def test_dataset_info_validates_fields():
     data.DatasetInfo("x", 3, (8, 8, 3), False, "train", "test", None, fields={"image": "image", "m": "polygon"})
   with pytest.raises(ValueError, match="exactly one image field"):
     data.DatasetInfo("x", 3, (8, 8, 3), False, "train", "test", None, fields={"img": "image"})
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def test_digits_det_batches_and_spec():
+  cfg = _cfg(name="digits_det", image_size=(48, 56))
+  batch = next(data.train_iterator(cfg, global_batch_size=4, seed=0))
+  spec = data.element_spec(cfg, 4)
+  assert {k: (v.shape, v.dtype) for k, v in spec.items()} == {k: (v.shape, v.dtype) for k, v in batch.items()}
+  assert spec["boxes"].shape == (4, 4, 4) and spec["boxes_valid"].dtype == np.bool_
+  assert spec["box_classes"].dtype == np.int32 and "label" not in spec
+  test = canvas.digits_canvas_splits()["test"]
+  ev = next(iter(data.eval_iterator(_cfg(name="digits_det"), global_batch_size=8)))
+  np.testing.assert_array_equal(ev["boxes"], test["boxes"][:8])
+  np.testing.assert_array_equal(ev["boxes_valid"], test["valid"][:8])
+
+
+@pytest.fixture
+def instances():
+  """Digit canvases whose mask holds each digit's slot + 1 (instance ids), with their boxes."""
+  a = canvas.digits_canvas_splits()["train"]
+  n = 40
+  inst = np.zeros((n, 64, 64), np.uint8)
+  for i in range(n):
+    for slot in np.flatnonzero(a["valid"][i]):
+      x1, y1, x2, y2 = a["boxes"][i, slot].astype(int)
+      inst[i, y1:y2, x1:x2][a["segmentation"][i, y1:y2, x1:x2] > 0] = slot + 1
+  arrays = {"image": a["image"][:n], "segmentation": inst, "boxes": a["boxes"][:n], "boxes_valid": a["valid"][:n]}
+  info = data.DatasetInfo("toy_instances", 5, (64, 64, 1), True, "train", "test", None,
+                          fields={"image": "image", "segmentation": "mask", "boxes": "boxes"})
+  sources.register_embedded(info, lambda: {"train": arrays, "test": arrays})
+  yield
+  sources._INFOS.pop("toy_instances", None)
+  sources._EMBEDDED_LOADERS.pop("toy_instances", None)
+
+
+def test_pipeline_moves_boxes_with_their_mask_regions(instances):
+  cfg = _cfg(name="toy_instances", image_size=(40, 48))
+  checked = invalidated = 0
+  for batch in _take(data.train_iterator(cfg, global_batch_size=8, seed=5), 5) + list(
+      data.eval_iterator(cfg, global_batch_size=8)):
+    for mask, boxes, valid in zip(batch["segmentation"], batch["boxes"], batch["boxes_valid"]):
+      for slot in range(4):
+        ys, xs = np.nonzero(mask == slot + 1)
+        width, height = boxes[slot, 2:] - boxes[slot, :2]
+        if valid[slot] and min(width, height) < 1:
+          assert len(ys) <= 2 * max(width, height)    # a sliver: nearest sampling may keep no pixel of it
+        elif valid[slot]:
+          assert len(ys), (boxes[slot], slot)
+          region = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+          assert (region[:2] >= boxes[slot, :2] - 1).all() and (region[2:] <= boxes[slot, 2:] + 1).all()
+          if boxes[slot, 0] > 0 and boxes[slot, 1] > 0 and boxes[slot, 2] < 48 and boxes[slot, 3] < 40:
+            # Not clipped by a crop: still tight, up to the rows and columns that downscaling skips.
+            np.testing.assert_allclose(boxes[slot], region, atol=2.0)
+            checked += 1
+        else:
+          assert len(ys) <= 2        # gone, or a sliver that nearest sampling kept where the box lost its area
+          invalidated += len(ys) == 0 and boxes[slot].any()
+  assert checked > 100 and invalidated > 0
