@@ -78,6 +78,7 @@ class PairSource:
 
   `map_mask(mask, path)` turns the file's values into the dataset's classes (identity by default).
   """
+  extra_fields = {}    # nothing besides the declared fields: shapes are known without reading an example
 
   def __init__(self, name: str, images: List[str], masks: List[str], map_mask=None):
     self.name, self.images, self.masks, self.map_mask = name, images, masks, map_mask

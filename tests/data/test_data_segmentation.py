@@ -320,3 +320,21 @@ def test_pipeline_moves_boxes_with_their_mask_regions(instances):
           assert len(ys) <= 2        # gone, or a sliver that nearest sampling kept where the box lost its area
           invalidated += len(ys) == 0 and boxes[slot].any()
   assert checked > 100 and invalidated > 0
+
+
+def test_label_is_optional():
+  """A dataset declaring only an image (plus extras) yields batches without 'label'."""
+  info = data.DatasetInfo("toy_unlabelled", 1, (8, 8, 1), True, "train", "test", None, fields={"image": "image"})
+  images = np.arange(10 * 64, dtype=np.uint8).reshape(10, 8, 8, 1)
+  sources.register_embedded(info, lambda: {"train": {"image": images, "code": np.arange(10)},
+                                           "test": {"image": images, "code": np.arange(10)}})
+  try:
+    cfg = data.default_data_config()
+    cfg.update(dict(name="toy_unlabelled", augment="flip", normalize="unit"))
+    batch = next(data.train_iterator(cfg, global_batch_size=4, seed=0))
+    assert set(batch) == {"image", "code"} and set(data.element_spec(cfg, 4)) == {"image", "code"}
+    np.testing.assert_allclose(batch["image"][:, 0, :, 0].max(1) * 255,
+                               images[batch["code"], 0, :, 0].max(1), atol=1e-3)
+  finally:
+    sources._INFOS.pop("toy_unlabelled", None)
+    sources._EMBEDDED_LOADERS.pop("toy_unlabelled", None)
