@@ -38,7 +38,16 @@ fi
 port=${JAXCNN_PORT:-$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
+# SIGTERM / SIGINT (a scheduler's preemption notice, Ctrl-C) go to every process, which save a checkpoint at
+# the same step and exit with 128 + the signal number; launch.sh waits for them and exits with that status.
+forwarded=""
+forward() {
+  forwarded=$1
+  for p in "${pids[@]}"; do kill -"$1" "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 for ((i = 0; i < procs; i++)); do
   JAXCNN_COORDINATOR="127.0.0.1:$port" JAXCNN_NUM_PROCESSES=$procs JAXCNN_PROCESS_ID=$i \
     "$PYTHON" -m experiments.run "${args[@]}" &
@@ -46,12 +55,29 @@ for ((i = 0; i < procs; i++)); do
 done
 status=0
 # Wait for all; the first failure stops the others (a lone survivor would wait for its peers forever).
-while [ ${#pids[@]} -gt 0 ]; do
-  if wait -n "${pids[@]}"; then :; else status=$?; break; fi
+while [ ${#pids[@]} -gt 0 ] && [ -z "$forwarded" ]; do
+  if wait -n "${pids[@]}"; then :; else
+    rc=$?
+    [ -n "$forwarded" ] || { status=$rc; break; }   # rc > 128 with $forwarded set: wait was interrupted
+  fi
   alive=()
   for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
   pids=("${alive[@]+"${alive[@]}"}")
 done
+trap - TERM INT
+if [ -n "$forwarded" ]; then
+  expected=$([ "$forwarded" = TERM ] && echo 143 || echo 130)
+  for p in "${pids[@]}"; do
+    wait "$p"; rc=$?
+    if [ $rc -ne 0 ] && [ $rc -ne "$expected" ]; then status=$rc; fi
+  done
+  trap - EXIT
+  if [ $status -ne 0 ]; then
+    echo "launch.sh: after SIG$forwarded a process exited with status $status" >&2; exit $status
+  fi
+  echo "launch.sh: stopped by SIG$forwarded after the processes saved their state (run the same command to continue)" >&2
+  exit "$expected"
+fi
 if [ $status -ne 0 ]; then
   echo "launch.sh: a process exited with status $status; stopping the others" >&2
   exit $status

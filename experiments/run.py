@@ -8,6 +8,7 @@ A workdir with checkpoints is resumed; without --workdir a new one is made under
 """
 import ast
 import logging
+import math
 import os
 import sys
 import time
@@ -55,9 +56,12 @@ def parse_value(raw: str, current, key: str):
       raise bad("an integer") from None
   if isinstance(current, float):
     try:
-      return float(raw)
+      value = float(raw)
     except ValueError:
       raise bad("a number") from None
+    if math.isnan(value):
+      raise bad("a number (not nan)")
+    return value
   if isinstance(current, str):
     return raw
   if isinstance(current, (tuple, list)):
@@ -65,11 +69,56 @@ def parse_value(raw: str, current, key: str):
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       value = tuple(v.strip() for v in raw.split(",") if v.strip())
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    kinds = {_kind(v) for v in current}
+    if len(kinds) == 1:  # a homogeneous tuple keeps its element type: (0.5, 0.75) takes numbers only
+      kind = kinds.pop()
+      try:
+        value = tuple(_as_kind(v, kind) for v in value)
+      except (TypeError, ValueError):
+        raise bad(f"a comma list of {kind}s") from None
+    return value
   try:  # None or a key the config did not have: a Python literal, else a string
     return ast.literal_eval(raw)
   except (ValueError, SyntaxError):
     return raw
+
+
+def _kind(value):
+  if isinstance(value, bool):
+    return "bool"
+  if isinstance(value, (int, float)):
+    return "number"
+  return "string" if isinstance(value, str) else "value"
+
+
+def _as_kind(value, kind):
+  if kind == "number":
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ValueError(value)
+    if math.isnan(value):
+      raise ValueError(value)
+  elif kind == "bool" and not isinstance(value, bool):
+    raise ValueError(value)
+  return value
+
+
+def parse_model_option(raw: str, default, key: str):
+  """A model option given on the command line, typed by the option's default (dtype names checked)."""
+  leaf = key.rsplit(".", 1)[-1]
+  if leaf in ("dtype", "param_dtype"):
+    import numpy as np
+    import jax.numpy as jnp
+    try:
+      dtype = jnp.dtype(raw)
+    except TypeError:
+      dtype = None
+    if dtype is None or not np.issubdtype(dtype, np.floating):
+      raise UserError(f"config key {key} expects a floating dtype name (float32, bfloat16, float16), got '{raw}'")
+    return raw
+  if default is None or not isinstance(default, (bool, int, float, str, tuple, list)):
+    return parse_value(raw, None, key)
+  return parse_value(raw, default, key)
 
 
 def apply_overrides(config, overrides):
@@ -88,13 +137,16 @@ def apply_overrides(config, overrides):
     if leaf not in node:
       options = model_options(config.model.name) if path == ["model"] else set()
       if path == ["model"] and (options is None or leaf in options):
+        from jaxcnn.registry import model_option_defaults
+        default = model_option_defaults(config.model.name).get(leaf)
         with node.unlocked():
-          node[leaf] = parse_value(raw, None, key)
+          node[leaf] = parse_model_option(raw, default, key)
         continue
       known = ", ".join(sorted(node.keys()))
       extra = f"; model '{config.model.name}' options: {', '.join(sorted(options))}" if options else ""
       raise UserError(f"unknown config key '{key}' (keys in {'.'.join(path) or 'config'}: {known}{extra})")
-    value = parse_value(raw, node[leaf], key)
+    value = (parse_model_option(raw, node[leaf], key) if path == ["model"] and leaf != "name"
+             else parse_value(raw, node[leaf], key))
     try:
       node[leaf] = value
     except (TypeError, ValueError) as e:
@@ -149,8 +201,12 @@ def _setup_logging():
   if pid and pid != "0":
     fmt = f"[process {pid}] " + fmt
   logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
-  for noisy in ("orbax", "jax", "grain"):
+  for noisy in ("jax", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # Orbax logs every failed read or write with its whole traceback (through absl, so by file, not logger
+  # name); the trainer reports each failure in one line.
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(lambda record: f"{os.sep}orbax{os.sep}" not in record.pathname)
   for chatty in ("absl", "tensorflow_datasets"):  # their warnings repeat what our own messages say
     logging.getLogger(chatty).setLevel(logging.ERROR)
   try:
@@ -169,8 +225,9 @@ if __name__ == "__main__":
   try:
     sys.exit(main(sys.argv[1:]))
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
+    status = getattr(e, "exit_status", 2)  # Preempted: state saved, 128 + the signal number (143 for SIGTERM)
+    print(f"{'stopped' if status != 2 else 'error'}: {e}", file=sys.stderr)
+    sys.exit(status)
+  except KeyboardInterrupt:  # before training started: nothing to save
+    print("interrupted before training started; nothing was saved", file=sys.stderr)
     sys.exit(130)

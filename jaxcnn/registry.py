@@ -63,6 +63,28 @@ def model_options(name: str) -> set:
   return _accepted_kwargs(_MODELS[name][0])
 
 
+def model_option_defaults(name: str) -> dict:
+  """{option: default value} of model `name` (registered defaults over the class's field defaults).
+
+  Options without a default value, or of a factory function without a signature default, are left out.
+  """
+  _import_models()
+  if name not in _MODELS:
+    return {}
+  fn, registered = _MODELS[name]
+  defaults = {}
+  if inspect.isclass(fn) and dataclasses.is_dataclass(fn):
+    for f in dataclasses.fields(fn):
+      if f.init and f.name not in ("parent", "name") and f.default is not dataclasses.MISSING:
+        defaults[f.name] = f.default
+  else:
+    for p in inspect.signature(fn).parameters.values():
+      if p.default is not inspect.Parameter.empty:
+        defaults[p.name] = p.default
+  defaults.update(registered)
+  return defaults
+
+
 def pretrained_adapter(name: str) -> Optional[Callable[[dict, dict], dict]]:
   """The fine-tuning hook of model `name`, or None if it is not registered or has none.
 

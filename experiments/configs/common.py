@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.keep_best = True     # also keep the best checkpoint by the task's headline eval metric
   c.checkpoint.use_async = True
+  c.checkpoint.start_fresh = False  # True: set every checkpoint of the workdir aside (kept, renamed) and start over
   return c
 
 

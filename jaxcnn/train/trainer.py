@@ -7,6 +7,7 @@ The default path is `jax.jit` with explicit NamedShardings over a 1-D 'data'
 mesh; `train.parallel='pmap'` selects the legacy `jax.pmap` path, which gives the
 same numbers (gradients and BatchNorm statistics averaged over the mapped axis).
 """
+import hashlib
 import json
 import logging
 import math
@@ -21,7 +22,9 @@ from jaxcnn import data as data_lib
 from jaxcnn.errors import UserError
 from jaxcnn.tasks import TrainState, get_task
 from jaxcnn.train import finetune, optim, sharding, writers
+from jaxcnn.train import workdir as workdir_lib
 from jaxcnn.train.checkpoint import Checkpointer
+from jaxcnn.train.preemption import StopOnSignal
 from jaxcnn.utils import param_count
 
 log = logging.getLogger("jaxcnn")
@@ -46,12 +49,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
 def _train_and_evaluate(config, workdir, devices):
   t_start = time.time()
   validate(config, num_devices=len(devices) if devices else None)
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  workdir = workdir_lib.prepare(workdir)
+  with workdir_lib.WorkdirLock(workdir):
+    return _run(config, workdir, devices, t_start)
 
+
+def _run(config, workdir, devices, t_start):
+  is_main = jax.process_index() == 0
   use_pmap = config.train.parallel == "pmap"
   mesh = sharding.make_mesh(devices)
   info = data_lib.dataset_info(config.data.name)
@@ -79,12 +83,15 @@ def _train_and_evaluate(config, workdir, devices):
   base_key = jax.random.PRNGKey(int(config.train.seed))
   abstract = jax.eval_shape(init_state, base_key)
   shardings = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
-  meta = task.describe()
+  meta = {**task.describe(), "fingerprint": fingerprint(config, task, abstract)}
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
                       keep=int(config.checkpoint.keep), best_metric=task.best_metric[0] if config.checkpoint.keep_best else "",
                       best_mode=task.best_metric[1], use_async=bool(config.checkpoint.use_async))
   abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  restored = ckpt.restore(abstract_sharded, meta)
+  # Resuming is refused before anything is written when the checkpoint belongs to another configuration.
+  restored = ckpt.restore(abstract_sharded, meta, start_fresh=bool(config.checkpoint.get("start_fresh", False)))
+  if is_main:
+    writers.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   if restored:
     state, data_state, start = restored
     train_iter.set_state(data_state)
@@ -103,42 +110,54 @@ def _train_and_evaluate(config, workdir, devices):
   writer = writers.MetricWriter(workdir, steps, enabled=is_main, start_step=start)
   last_eval, last_eval_step, pending = {}, -1, []
   watch, images_since = writers.Stopwatch(), 0
+  failed = True
   try:
-    for step in range(start + 1, steps + 1):
-      state, metrics = runner.train_step(state, next(train_iter))
-      pending.append(metrics)
-      images_since += batch_size
-      if step == start + 1:  # throughput starts after the first step, which includes compilation
-        jax.block_until_ready(metrics)
-        watch.lap()
-        images_since = 0
-      log_now = step % int(config.train.log_every) == 0 or step == steps
-      eval_now = (int(config.eval.every) > 0 and step % int(config.eval.every) == 0) or step == steps
-      save_now = ckpt.should_save(step) or step == steps
-      if log_now or save_now:
-        summary = _mean_metrics(sharding.to_host(pending))
-        pending = []
-        _check_finite(summary, step, ckpt)
-        if log_now:
-          summary["train/lr"] = float(schedule(step - 1))
-          summary["throughput/images_per_s"] = images_since / max(watch.lap(), 1e-9)
+    with StopOnSignal() as stop:
+      for step in range(start + 1, steps + 1):
+        state, metrics = runner.train_step(state, next(train_iter))
+        pending.append(metrics)
+        images_since += batch_size
+        if step == start + 1:  # throughput starts after the first step, which includes compilation
+          jax.block_until_ready(metrics)
+          watch.lap()
           images_since = 0
-          writer.write(step, summary)
-      if eval_now:
-        last_eval, last_eval_step = runner.evaluate(state, eval_batches()), step
-        last_eval.update(task.on_eval(runner.variables_for_eval(state), step, workdir))
-        writer.write(step, last_eval)
-      if save_now:
-        ckpt.save(step, runner.checkpointable(state), train_iter.get_state(), meta,
-                  metrics=last_eval if last_eval_step == step else None)
-      if eval_now or save_now:
-        watch.lap()  # throughput counts training time only
-    if last_eval_step != steps:  # resumed after the last step: evaluate what was restored
-      last_eval = runner.evaluate(state, eval_batches())
-      last_eval.update(task.on_eval(runner.variables_for_eval(state), steps, workdir))
-    extra = task.finish(runner.variables_for_eval(state), workdir, lambda: runner.evaluate(state, eval_batches()))
+        log_now = step % int(config.train.log_every) == 0 or step == steps
+        eval_now = (int(config.eval.every) > 0 and step % int(config.eval.every) == 0) or step == steps
+        save_now = ckpt.should_save(step) or step == steps
+        if log_now or save_now:
+          summary = _mean_metrics(sharding.to_host(pending))
+          pending = []
+          _check_finite(summary, step, ckpt)
+          if log_now:
+            summary["train/lr"] = float(schedule(step - 1))
+            summary["throughput/images_per_s"] = images_since / max(watch.lap(), 1e-9)
+            images_since = 0
+            writer.write(step, summary)
+        if eval_now:
+          last_eval, last_eval_step = runner.evaluate(state, eval_batches()), step
+          last_eval.update(task.on_eval(runner.variables_for_eval(state), step, workdir))
+          writer.write(step, last_eval)
+        if save_now:
+          ckpt.save(step, runner.checkpointable(state), train_iter.get_state(), meta,
+                    metrics=last_eval if last_eval_step == step else None)
+        else:
+          ckpt.check()  # a failed asynchronous save stops the run now, not one interval later
+        if step < steps and stop.stop_now(step):
+          if save_now:
+            ckpt.wait()
+          else:
+            ckpt.save(step, runner.checkpointable(state), train_iter.get_state(), meta, wait=True)
+          raise stop.preempted(step, ckpt.directory)
+        if eval_now or save_now:
+          watch.lap()  # throughput counts training time only
+      ckpt.wait()  # the final checkpoint is complete before the (possibly long) final eval and hooks
+      if last_eval_step != steps:  # resumed after the last step: evaluate what was restored
+        last_eval = runner.evaluate(state, eval_batches())
+        last_eval.update(task.on_eval(runner.variables_for_eval(state), steps, workdir))
+      extra = task.finish(runner.variables_for_eval(state), workdir, lambda: runner.evaluate(state, eval_batches()))
+    failed = False
   finally:
-    ckpt.close()
+    ckpt.close(raise_errors=not failed)
     writer.close()
 
   summary = {"step": steps, **last_eval, **extra, "param_count": n_params,
@@ -146,10 +165,36 @@ def _train_and_evaluate(config, workdir, devices):
              "devices": int(mesh.devices.size), "processes": nproc,
              "wall_time_s": round(time.time() - t_start, 2)}
   if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
+    writers.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, sort_keys=True))
     writers.plot_curves(workdir)
   return summary
+
+
+# What may change when a workdir is resumed: everything not in the fingerprint below, e.g. train.steps,
+# eval.*, checkpoint.every/keep, train.log_every, the device and process count, train.parallel, train.fsdp,
+# optim.* (the schedule is rebuilt from the new values; an optimizer with another state layout is refused by
+# the state structure), data.num_threads/prefetch and the augmentation.
+FINGERPRINT_KEYS = ("train.batch_size", "train.seed", "data.name", "data.train_split", "data.image_size",
+                    "data.channels", "data.repeated_aug")
+
+
+def fingerprint(config, task, abstract_state) -> dict:
+  """What must match for a checkpoint to be resumed by `config`: flat {key: JSON value} (see FINGERPRINT_KEYS)."""
+  fp = {"task": type(task).__name__}
+  for key, value in config.model.to_dict().items():
+    fp[f"model.{key}"] = value
+  for key in FINGERPRINT_KEYS:
+    section, leaf = key.split(".")
+    fp[key] = config[section].get(leaf)
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
+  fp["parameter shapes"] = _digest([(jax.tree_util.keystr(p), x.shape, str(x.dtype)) for p, x in leaves])
+  whole = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  fp["state structure"] = _digest([(jax.tree_util.keystr(p), x.shape, str(x.dtype)) for p, x in whole])
+  return json.loads(json.dumps(fp, default=str))  # as it reads back from JSON (tuples become lists)
+
+
+def _digest(items) -> str:
+  return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
 def _state_initializer(task, tx, config, info):
@@ -285,6 +330,10 @@ def validate(config, num_devices=None):
     if not isinstance(value, int) or value < 0:
       raise UserError(f"{name} must be an integer >= 0 (0: only at the end), got {value!r}")
   positive("checkpoint.keep", config.checkpoint.keep)
+  for section in ("optim", "train"):
+    for key, value in config[section].items():
+      if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{section}.{key} must be a finite number, got {value}")
   if t.parallel not in PARALLEL:
     raise UserError(f"train.parallel must be one of {', '.join(PARALLEL)}, got {t.parallel!r}")
   if t.compute_dtype not in DTYPES:

@@ -9,6 +9,9 @@ import os
 import sys
 import time
 
+from jaxcnn.errors import UserError
+from jaxcnn.train.workdir import describe_os_error
+
 log = logging.getLogger("jaxcnn")
 
 
@@ -35,8 +38,11 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:
+      raise UserError(f"cannot write {self.path}: {describe_os_error(e)}") from None
     if self._tb is not None:
       for k, v in record.items():
         if k != "step" and isinstance(v, (int, float)):
@@ -73,21 +79,43 @@ def _plain(v):
 
 
 def _truncate_after(path, step):
+  """Drops records after `step` (and a last line cut short by a kill), keeping the file's earlier history."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = [l for l in f if l.strip()]
-  keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
+  keep = [l for l in lines if _step_of(l) is not None and _step_of(l) <= step]
   if len(keep) != len(lines):
-    with open(path, "w") as f:
-      f.writelines(keep)
+    write_text(path, "".join(keep))
+
+
+def _step_of(line):
+  try:
+    return int(json.loads(line).get("step", 0))
+  except (ValueError, AttributeError, TypeError):
+    return None
+
+
+def write_text(path: str, text: str):
+  """Writes a whole file atomically (temporary file, then rename); failures are one-line UserErrors."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+    raise UserError(f"cannot write {path}: {describe_os_error(e)}") from None
 
 
 def read_metrics(path):
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+    return [json.loads(l) for l in f if l.strip() and _step_of(l) is not None]
 
 
 def plot_curves(workdir: str):
