@@ -5,9 +5,10 @@
 tfds 4.9.10 downloads with `requests` and writes ArrayRecord without
 TensorFlow, but four steps on the way still call TensorFlow: the archive
 extractor (`tf.compat.as_text`, `tf.io.gfile.GFile`), the builders' raw-file
-readers (cifar, mnist and svhn open files with `tf.io.gfile.GFile`), the
-downloader's non-HTTP copy (`tf.io.gfile.copy`), and the Image feature, which
-encodes numpy images to PNG with `tf.image.encode_png`. When TensorFlow is not
+readers (cifar, mnist and svhn open files with `tf.io.gfile.GFile`; oxford_iiit_pet
+decodes and re-encodes a few corrupt JPEGs with `tf.image.decode_image` and
+`tf.io.encode_jpeg`), the downloader's non-HTTP copy (`tf.io.gfile.copy`), and
+the Image feature, which encodes numpy images to PNG with `tf.image.encode_png`. When TensorFlow is not
 installed, `without_tensorflow` stands in for exactly these calls (files through
 etils.epath, PNG/JPEG through PIL, lossless for PNG) while a dataset is being
 prepared, and puts everything back afterwards. With TensorFlow installed, tfds
@@ -204,9 +205,39 @@ def _gfile_copy(src, dst, overwrite=False):
   epath.Path(src).copy(epath.Path(dst), overwrite=overwrite)
 
 
+class _EncodedBytes(bytes):
+  """Bytes with the `.numpy()` of the eager tensor TensorFlow's encoders return."""
+
+  def numpy(self) -> bytes:
+    return bytes(self)
+
+
+def _decode_image(contents, channels=None, **unused):
+  """tf.image.decode_image through PIL: uint8 [H, W, C] with the file's own channels (RGBA keeps alpha)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if channels:
+    raise ModuleNotFoundError("decoding an image to a chosen channel count needs TensorFlow (pip install "
+                              "tensorflow-cpu)")
+  with Image.open(io.BytesIO(bytes(contents))) as im:
+    array = np.asarray(im)
+  return array[..., None] if array.ndim == 2 else array
+
+
+def _encode_jpeg(image, quality=95, **unused):
+  """tf.io.encode_jpeg (default quality 95) through PIL, for uint8 [H, W, 1 or 3] arrays."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.asarray(image, np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="JPEG", quality=quality)
+  return _EncodedBytes(buffer.getvalue())
+
+
 TF_STAND_IN = _StandIn(
     "tf",
-    io=_StandIn("tf.io", gfile=_StandIn("tf.io.gfile", GFile=_gfile_open, copy=_gfile_copy)),
+    io=_StandIn("tf.io", gfile=_StandIn("tf.io.gfile", GFile=_gfile_open, copy=_gfile_copy),
+                encode_jpeg=_encode_jpeg),
+    image=_StandIn("tf.image", decode_image=_decode_image),   # oxford_iiit_pet re-encodes a few corrupt JPEGs
+    shape=np.shape,
     compat=_StandIn("tf.compat", as_text=_as_text),
     errors=_StandIn("tf.errors", UnimplementedError=_NeverRaised),
 )

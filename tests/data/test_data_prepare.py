@@ -128,7 +128,7 @@ def test_cli_prepares_from_manual_dir(tmp_path, capsys, accept_fake_checksums):
 @pytest.mark.skipif(not _tf_absent(), reason="the stand-in is only used without TensorFlow")
 def test_stand_in_names_what_needs_tensorflow():
   assert prepare.TF_STAND_IN.compat.as_text(b"a/b") == "a/b"
-  with pytest.raises(ModuleNotFoundError, match=r"calls tf\.image, which needs TensorFlow"):
+  with pytest.raises(ModuleNotFoundError, match=r"calls tf\.image\.encode_png, which needs TensorFlow"):
     prepare.TF_STAND_IN.image.encode_png   # pylint: disable=pointless-statement
 
 
@@ -142,3 +142,52 @@ def test_dataset_prepared_as_tfrecord_is_explained(tmp_path, accept_fake_checksu
   with pytest.raises(UserError,
                      match=r"dataset 'cifar10' is prepared under .* as tfrecord, which has no random access"):
     data.get_source("cifar10", "test", data_dir=str(data_dir), download=True)
+
+
+def _tar_gz(members):
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    for name, payload in members.items():
+      member = tarfile.TarInfo(name)
+      member.size = len(payload)
+      tar.addfile(member, io.BytesIO(payload))
+  return buffer.getvalue()
+
+
+def _image_bytes(array, fmt):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+def test_prepare_oxford_iiit_pet_trimaps_from_manual_dir(tmp_path, accept_fake_checksums):
+  """The pets builder, corrupt-sample re-encoding included (an RGBA file among the JPEGs), without TensorFlow."""
+  names = {"trainval": ["Abyssinian_5", "beagle_7"], "test": ["pug_3"]}      # Abyssinian_5: a listed corrupt sample
+  images, annotations, trimaps = {}, {}, {}
+  for split, split_names in names.items():
+    lines = []
+    for n, name in enumerate(split_names):
+      h, w = 20 + 3 * n, 30 + 2 * n
+      trimap = np.full((h, w), 2, np.uint8)
+      trimap[5:15, 8:20] = 3
+      trimap[6:14, 9:19] = 1
+      trimaps[name] = trimap
+      pixels = np.full((h, w, 4 if name == "Abyssinian_5" else 3), 90, np.uint8)
+      images[f"images/{name}.jpg"] = _image_bytes(pixels, "PNG" if pixels.shape[2] == 4 else "JPEG")
+      annotations[f"annotations/trimaps/{name}.png"] = _image_bytes(trimap, "PNG")
+      annotations[f"annotations/xmls/{name}.xml"] = (
+          f"<annotation><size><width>{w}</width><height>{h}</height></size><object><bndbox><xmin>1</xmin>"
+          f"<ymin>2</ymin><xmax>5</xmax><ymax>6</ymax></bndbox></object></annotation>").encode()
+      lines.append(f"{name} {n + 1} {n % 2 + 1} 1")
+    annotations[f"annotations/{split}.txt"] = ("\n".join(lines) + "\n").encode()
+  (tmp_path / "images.tar.gz").write_bytes(_tar_gz(images))
+  (tmp_path / "annotations.tar.gz").write_bytes(_tar_gz(annotations))
+  source = data.get_source("oxford_iiit_pet", "train", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path))
+  assert len(source) == 2 and len(data.get_source("oxford_iiit_pet", "test", data_dir=str(tmp_path / "tfds"))) == 1
+  by_size = {source[i]["segmentation"].shape: source[i] for i in range(2)}
+  for name in names["trainval"]:
+    example = by_size[trimaps[name].shape]
+    assert example["image"].shape == trimaps[name].shape + (3,)        # the RGBA sample lost its alpha
+    expected = np.select([trimaps[name] == 1, trimaps[name] == 2], [1, 0], 255)
+    np.testing.assert_array_equal(example["segmentation"], expected)
