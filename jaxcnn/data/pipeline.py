@@ -192,7 +192,7 @@ class _Examples:
     return value
 
   def _checked_mask(self, mask, image_hw, name: str, index: int) -> np.ndarray:
-    """int32 [H, W]: the image's size, every value a class or the ignore label (else a UserError naming it)."""
+    """[H, W] (uint8 or int32): the image's size, every value a class or the ignore label (else a UserError)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
       mask = mask[..., 0]
@@ -202,7 +202,8 @@ class _Examples:
     info = self.spec.info
     if not np.issubdtype(mask.dtype, np.integer):
       raise UserError(f"{self._what(index)}: '{name}' mask has {mask.dtype} values; want integer class indices")
-    mask = mask.astype(np.int32)
+    if mask.dtype != np.uint8 or info.ignore_label > 255:   # uint8 stays: 4x less to resample
+      mask = mask.astype(np.int32)
     bad = ((mask < 0) | (mask >= info.num_classes)) & (mask != info.ignore_label)
     if bad.any():
       value = int(mask[bad][0])
