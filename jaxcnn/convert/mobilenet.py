@@ -87,3 +87,17 @@ def convert_mobilenet_v3(name: str, state_dict: dict) -> dict:
   variables.put(("classifier", "fc2"), weights.dense("classifier.3"))
   num_classes = variables.tree["params"]["classifier"]["fc2"]["bias"].shape[0]
   return finish(name, weights, variables, num_classes=num_classes)
+
+
+@register_converter("lraspp_mobilenet_v3")
+def convert_lraspp(name: str, state_dict: dict) -> dict:
+  """{'params', 'batch_stats'} for `create_model('lraspp_mobilenet_v3_large')` from torchvision's LRASPP."""
+  check_name(name, ("lraspp_mobilenet_v3_large",))
+  weights, variables = TorchWeights(name, state_dict), FlaxVariables()
+  convert_mobilenet_v3_backbone(weights, variables, "backbone", ("backbone",))
+  variables.conv_bn(("classifier", "cbr"), weights, "classifier.cbr.0", "classifier.cbr.1")
+  variables.put(("classifier", "scale"), weights.conv("classifier.scale.1"))
+  for head in ("low_classifier", "high_classifier"):
+    variables.put(("classifier", head), weights.conv(f"classifier.{head}"))
+  num_classes = variables.tree["params"]["classifier"]["low_classifier"]["bias"].shape[0]
+  return finish(name, weights, variables, num_classes=num_classes)
