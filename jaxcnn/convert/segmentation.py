@@ -1,8 +1,9 @@
 """torchvision segmentation state dicts -> `jaxcnn.models.fcn` / `jaxcnn.models.deeplab` variables.
 
 The backbone keeps its classification layout under `backbone.` (torchvision's
-IntermediateLayerGetter drops only `fc`), so it goes through the ResNet
-mapping (`jaxcnn.convert.resnet`) into `backbone/`. The heads:
+IntermediateLayerGetter drops only `fc`; for MobileNetV3 `backbone.<i>` are
+its `features.<i>`), so it goes through the ResNet / MobileNetV3 mapping
+(`jaxcnn.convert.resnet`, `jaxcnn.convert.mobilenet`) into `backbone/`. The heads:
   {aux_}classifier.{0,1,4}.*  (FCNHead)        -> {aux_}classifier/{head/conv, head/bn, logits}
   classifier.0.convs.0.{0,1}  (ASPP 1x1)       -> classifier/aspp/branch0/{conv, bn}
   classifier.0.convs.{1,2,3}.{0,1} (atrous)    -> classifier/aspp/branch{1,2,3}/{conv, bn}
@@ -15,9 +16,11 @@ variable shapes (a UserError names what differs).
 """
 from jaxcnn.convert import register_converter
 from jaxcnn.convert._torchvision import FlaxVariables, TorchWeights, check_name, finish
+from jaxcnn.convert.mobilenet import convert_mobilenet_v3_backbone
 from jaxcnn.convert.resnet import _flax_path as resnet_path
 
-TORCHVISION_MODELS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
+TORCHVISION_MODELS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
+                      "deeplabv3_mobilenet_v3_large")
 
 
 def _conv_bn(variables: FlaxVariables, path: tuple, weights: TorchWeights, conv: str, bn: str):
@@ -58,11 +61,15 @@ def _resnet_backbone(variables: FlaxVariables, weights: TorchWeights):
 
 @register_converter("fcn_resnet")
 @register_converter("deeplabv3_resnet")
+@register_converter("deeplabv3_mobilenet")
 def convert_segmentation(name: str, state_dict: dict) -> dict:
   """{'params', 'batch_stats'} (numpy) for `create_model(name)` from a torchvision segmentation state dict."""
   check_name(name, TORCHVISION_MODELS)
   weights, variables = TorchWeights(name, state_dict), FlaxVariables()
-  _resnet_backbone(variables, weights)
+  if "mobilenet_v3" in name:
+    convert_mobilenet_v3_backbone(weights, variables, "backbone", ("backbone",))
+  else:
+    _resnet_backbone(variables, weights)
   if name.startswith("fcn"):
     fcn_head(variables, weights, "classifier")
   else:

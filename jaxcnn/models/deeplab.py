@@ -11,7 +11,13 @@ torchvision's):
                        DeepLabHead (ASPP, 3x3 conv-BN-ReLU, 1x1 conv);
                        39,638,869 (42,004,074 with aux_loss)
   deeplabv3_resnet101  the same on ResNet-101: 58,630,997 (60,996,202)
-`aux_loss=True` adds torchvision's FCNHead on stage 3 as 'aux'.
+  deeplabv3_mobilenet_v3_large  MobileNetV3-Large (`jaxcnn.models.mobilenet`,
+                       `dilated=True`: output stride 16), DeepLabHead with
+                       torchvision's rates 12/24/36 on the 960-channel 'high'
+                       map; 11,025,477 (11,029,328 with aux_loss, an FCNHead on
+                       the 40-channel 'low' map at stride 8). output_stride 16
+                       (default) or 32 (undilated backbone).
+`aux_loss=True` adds torchvision's FCNHead (on stage 3 for the ResNets) as 'aux'.
 
 The seed document's model:
   deeplabv3_densenet121  DenseNet-121 (`jaxcnn.models.densenet`, dilated:
@@ -63,6 +69,16 @@ class DeepLabV3(SegmentationModel):
                        dropout_rate=self.dropout_rate, **self._norm_options())
 
 
+class DeepLabV3MobileNet(DeepLabV3):
+  """DeepLabV3 on MobileNetV3: its backbone dilates by a flag, so output stride 16 (dilated) or 32."""
+  allowed_output_strides = (16, 32)
+
+  def _backbone_options(self) -> dict:
+    return dict(dilated=self.output_stride == 16)
+
+
 register_model("deeplabv3_resnet50", backbone_name="resnet50")(DeepLabV3)
 register_model("deeplabv3_resnet101", backbone_name="resnet101")(DeepLabV3)
 register_model("deeplabv3_densenet121", backbone_name="densenet121", output_stride=16, conv_head=False)(DeepLabV3)
+register_model("deeplabv3_mobilenet_v3_large", backbone_name="mobilenet_v3_large", output_stride=16,
+               out_feature="high", aux_feature="low", atrous_rates=(12, 24, 36))(DeepLabV3MobileNet)

@@ -69,6 +69,8 @@ def test_bad_options():
     create_model("deeplabv3_densenet121", output_stride=4)
   with pytest.raises(UserError, match=r"output_stride=12 is not supported"):
     create_model("deeplabv3_resnet50", output_stride=12)
+  with pytest.raises(UserError, match=r"output_stride=8 is not supported \(allowed: 16, 32\)"):
+    create_model("deeplabv3_mobilenet_v3_large", output_stride=8)
   with pytest.raises(UserError, match="atrous_rates"):
     create_model("deeplabv3_resnet50", atrous_rates=(0, 6))
   with pytest.raises(UserError, match="num_classes=0"):
@@ -130,3 +132,15 @@ def test_densenet121_matches_torch_composition():
   print(f"deeplabv3_densenet121 OS16: max |jax - torch| = {diff:.2e} (max |logit| {scale:.3f})")
   assert scale > 0.1
   assert diff < 1e-4
+
+
+@pytest.mark.parametrize("output_stride,high", [(16, (4, 5)), (32, (2, 3))])
+def test_mobilenet_v3_output_strides(output_stride, high):
+  model = create_model("deeplabv3_mobilenet_v3_large", aux_loss=True, output_stride=output_stride)
+  variables = abstract_variables(model, (1, 64, 64, 3))
+  x = jax.ShapeDtypeStruct((1, 64, 80, 3), jnp.float32)
+  out, state = jax.eval_shape(lambda v, x: model.apply(v, x, capture_intermediates=True,
+                                                       mutable=["intermediates"]), variables, x)
+  assert {k: v.shape for k, v in out.items()} == {"out": (1, 64, 80, 21), "aux": (1, 64, 80, 21)}
+  features = state["intermediates"]["backbone"]["__call__"][0]
+  assert features["high"].shape[1:] == high + (960,) and features["low"].shape[1:] == (8, 10, 40)

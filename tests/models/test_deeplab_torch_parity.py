@@ -3,9 +3,9 @@
 Random torchvision weights, BN affine parameters and running statistics set
 from a measured batch (see `randomize_batchnorms`), eval mode, batch 2 at
 65x81 (non-square, not a multiple of the output stride), |difference| < 1e-4
-on both outputs at the input resolution. ResNet-50 models are in the fast set;
-the ResNet-101 ones (same code, deeper) are marked slow. Parameter counts of
-all four (with and without the auxiliary head) are torchvision's.
+on both outputs at the input resolution. ResNet-50 and MobileNetV3 models are in the
+fast set; the ResNet-101 ones (same code, deeper) are marked slow. Parameter
+counts of all five (with and without the auxiliary head) are torchvision's.
 """
 import numpy as np
 import pytest
@@ -28,6 +28,8 @@ TORCHVISION_PARAMS = {
     ("deeplabv3_resnet50", True): 42_004_074,
     ("deeplabv3_resnet101", False): 58_630_997,
     ("deeplabv3_resnet101", True): 60_996_202,
+    ("deeplabv3_mobilenet_v3_large", False): 11_025_477,
+    ("deeplabv3_mobilenet_v3_large", True): 11_029_328,
 }
 SIZE = (65, 81)
 
@@ -87,7 +89,7 @@ def test_parameter_counts_match_torchvision(name, aux_loss):
   assert param_count(params) == TORCHVISION_PARAMS[(name, aux_loss)]
 
 
-@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_resnet50",
+@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
                                   pytest.param("fcn_resnet101", marks=pytest.mark.slow),
                                   pytest.param("deeplabv3_resnet101", marks=pytest.mark.slow)])
 def test_out_and_aux_match_torchvision(name):
