@@ -1,4 +1,4 @@
-"""Lite R-ASPP (Howard et al. 2019, "Searching for MobileNetV3", sec. 6.4), as torchvision's `lraspp_mobilenet_v3_large`.
+"""Lite R-ASPP (Howard et al. 2019, "Searching for MobileNetV3") as torchvision's lraspp_mobilenet_v3_large.
 
 A segmentation model (the contract of the `segmentation` task): `apply(variables,
 x, train)` with x [B, H, W, C], any H and W, returns {'out': logits [B, H, W,
@@ -18,7 +18,7 @@ map (40 channels, output stride 8):
   high_classifier (1x1 conv with bias) of it + low_classifier (1x1 conv with
   bias) of 'low', resized bilinearly to the input
 (`jaxcnn.layers.resize_bilinear`, torch's `F.interpolate(align_corners=False)`).
-The paper's head also average-pools 'high' with a large stride before the
+The paper's head average-pools 'high' with a large kernel and stride before the
 gate; torchvision's (and so this) uses global pooling.
 
 Parameters at 21 classes: 3,221,538, torchvision's (backbone 2,971,952 =
