@@ -3,7 +3,7 @@
     info = dataset_info('cifar10')
     it = train_iterator(cfg.data, global_batch_size=128, seed=0,
                         process_index=jax.process_index(), process_count=jax.process_count())
-    batch = next(it)                 # {'image': float32 [128 / P, S, S, C], 'label': int32 [128 / P]}
+    batch = next(it)                 # {'image': float32 [128 / P, H, W, C], 'label': int32 [128 / P]}
     state = it.get_state()           # JSON; it.set_state(state) resumes exactly
     for batch in eval_iterator(cfg.data, global_batch_size=512): ...   # + 'mask'
 
@@ -21,7 +21,7 @@ from jaxcnn.data.config import DataSpec, default_data_config, resolve
 from jaxcnn.data.pipeline import EvalBatches, element_spec, eval_iterator, train_iterator
 from jaxcnn.data.sources import (ArraySource, DatasetInfo, IndexedSource, TfdsSource, channel_stats,
                                  dataset_info, dataset_names, embedded_names, extra_field_specs, get_source,
-                                 register_source, registered_names)
+                                 register_embedded, register_source, register_tfds_dataset, registered_names)
 from jaxcnn.data import embeddings as _embeddings  # noqa: F401,E402  (registers cub_stackgan)
 from jaxcnn.data import canvas as _canvas  # noqa: F401,E402  (registers digits_seg, digits_det)
 from jaxcnn.data import cityscapes as _cityscapes  # noqa: F401,E402  (registers cityscapes)
@@ -30,6 +30,7 @@ from jaxcnn.data import voc as _voc  # noqa: F401,E402  (registers voc2012_seg)
 
 __all__ = [
     "ArraySource", "DataSpec", "DatasetInfo", "EvalBatches", "IndexedSource", "TfdsSource", "channel_stats",
-    "dataset_info", "dataset_names", "default_data_config", "element_spec", "embedded_names", "eval_iterator", "extra_field_specs",
-    "get_source", "register_source", "registered_names", "resolve", "train_iterator",
+    "dataset_info", "dataset_names", "default_data_config", "element_spec", "embedded_names", "eval_iterator",
+    "extra_field_specs", "get_source", "register_embedded", "register_source", "register_tfds_dataset", "registered_names", "resolve",
+    "train_iterator",
 ]

@@ -1,10 +1,15 @@
 """Datasets by name: what they are (`DatasetInfo`) and random access to a split (`get_source`).
 
 A source is anything with `len(src)` and `src[i] -> {'image': uint8 [H, W, C], 'label': int, ...}`
-(grain's random-access protocol). Besides the image and the label an example
-may carry extra fields of fixed shape and dtype (e.g. a text `embedding`); the
-pipeline passes them through to the batches unchanged. A source names them in
-`extra_fields` ({name: (shape, dtype)}), or they are read off its first example.
+(grain's random-access protocol). Which fields the pipeline transforms, and
+how, is declared by the dataset's `DatasetInfo.fields` ({name: kind}; kinds
+image, mask, boxes, class; default image + a 'label' class, so 'label' is
+there only when declared). Besides the declared fields an example may carry
+extra fields of fixed shape and dtype (e.g. a text `embedding`); the pipeline
+passes them through to the batches unchanged. A source names them in
+`extra_fields` ({name: (shape, dtype)}), or they are read off its first
+example. A source may name its examples for error messages with
+`describe(index) -> str` (e.g. their files).
 
 Embedded datasets ship with a Python package and need neither files nor
 network. `digits` is scikit-learn's `load_digits`: 1,797 8x8 grayscale digits
@@ -13,6 +18,9 @@ fixed split, the same on every machine and with no random numbers: within each
 class (in the order load_digits returns it) the 36 examples at evenly spaced
 ranks floor((i + 0.5) * n_class / 36), i = 0..35, form 'test' (360 = 36 x 10,
 stratified); the other 1,437 form 'train', in their original order.
+
+`digits_seg` and `digits_det` (`jaxcnn.data.canvas`) are embedded too: canvases
+of those digits with per-pixel classes or boxes (`register_embedded`).
 
 Registered datasets live in files of the user's (a folder given as
 `data.data_dir`); `register_source(info, open_split)` makes one usable as
@@ -25,9 +33,14 @@ building the config:
       return MySource(data_dir, split)        # len() and [i] -> {'image', 'label', ...}
     register_source(DatasetInfo('mine', 10, (64, 64, 3), False, 'train', 'test', None), open_split)
 
+`voc2012_seg` (`jaxcnn.data.voc`) and `cityscapes` (`jaxcnn.data.cityscapes`) are
+registered the same way.
+
 All other datasets are TensorFlow Datasets, read through `tfds.data_source`
 (ArrayRecord, no TensorFlow needed); see `jaxcnn.data.prepare` for how they get
-prepared.
+prepared. Those whose examples are not (image, label), such as
+`oxford_iiit_pet`'s trimaps (`jaxcnn.data.pets`), are added with
+`register_tfds_dataset(info, convert)`.
 """
 import dataclasses
 import functools
