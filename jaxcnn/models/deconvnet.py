@@ -20,20 +20,20 @@ The network of the paper's Table 1:
     BN and ReLU;
   a 1x1 convolution to the classes (21 for PASCAL VOC).
 Batch normalisation after every convolution and deconvolution but the last
-is the paper's (sec. 4.1); the convolutions keep their biases, as the
+is the paper's (its training section); the convolutions keep their biases, as the
 paper's Caffe layers. Parameter count at 21 classes: 251,772,245 without
 the BN parameters (the paper's "252M"), 251,805,653 with them (BN adds
 scale and shift to 16,704 channels); tests/models/test_deconvnet.py derives
 both from the layer list. `deconvnet_variables(vgg16_bn_variables)` turns
 `vgg16_bn` classification weights into the backbone, fc6 and fc7 (the paper
 starts from VGG-16 trained on ILSVRC); the deconvolution network starts from
-zero-mean Gaussians (sec. 4.1; std 0.01 here, Caffe's usual filler).
+zero-mean Gaussians (as the paper says; std 0.01 here, Caffe's usual filler).
 
 What is and is not the paper's: the network above is; the paper's training
 and inference pipeline is not part of a model: it trains in two stages on
 object-centred crops (ground-truth boxes, then proposals) and segments a
-test image instance-wise, running the network on the top 50 EdgeBoxes
-proposals and aggregating their score maps (then optionally a CRF and an
+test image instance-wise, running the network on EdgeBoxes object
+proposals (the top 50 by objectness) and aggregating their score maps (then optionally a CRF and an
 ensemble with FCN). Here the network runs on whole images like the other
 segmentation models; there are no edge-box proposals, no instance-wise
 aggregation, no CRF.

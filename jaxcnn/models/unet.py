@@ -27,7 +27,8 @@ Options:
   base (64), depth (4), drop_rate: dropout at the end of the contracting
     path (the paper's sec. 3.1), 0 by default.
 Initialisation as the paper's sec. 3: Gaussian with std sqrt(2 / N), N the
-fan-in (He et al.), zero biases.
+fan-in (He et al.; flax's `variance_scaling`, truncated at two standard
+deviations), zero biases.
 Parameter count, 3 input channels, 2 classes, no BN: 31,031,810 (with one
 input channel, the paper's grayscale images: 31,030,658; the paper states
 no count, re-implementations quote "31.0M"); tests/models/test_unet.py

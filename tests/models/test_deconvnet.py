@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model_checks import random_variables
+from model_checks import check_bn_axis_name, random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.models.deconvnet import deconvnet_variables
@@ -42,7 +42,7 @@ def _deconvnet_count(classes=21, fc_size=7, fc_width=4096, batch_norm=True):
 def test_parameter_count_is_the_papers():
   variables = abstract_variables(create_model("deconvnet"), (1, 224, 224, 3))
   assert param_count(variables["params"]) == _deconvnet_count() == 251_805_653
-  assert _deconvnet_count(batch_norm=False) == 251_772_245     # the paper's "252M" (sec. 3.3), BN aside
+  assert _deconvnet_count(batch_norm=False) == 251_772_245     # the paper's "252M", BN aside
   small = abstract_variables(create_model("deconvnet", fc_size=1, fc_width=64, num_classes=11), (1, 64, 64, 3))
   assert param_count(small["params"]) == _deconvnet_count(classes=11, fc_size=1, fc_width=64)
 
@@ -153,3 +153,14 @@ def test_training_mode_updates_batch_stats():
   assert out["out"].shape == (2, 32, 32, 3)
   before = variables["batch_stats"]["deconv1_2_bn"]["mean"]
   assert not np.allclose(updates["batch_stats"]["deconv1_2_bn"]["mean"], before)
+
+
+def test_bfloat16_compute_and_bn_axis_name():
+  model = create_model("deconvnet", fc_size=1, fc_width=8, dtype=jnp.bfloat16)
+  variables = abstract_variables(model, (1, 32, 32, 3))
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype(jnp.float32)}
+  out, state = jax.eval_shape(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+                              variables, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+  assert out["out"].dtype == jnp.bfloat16
+  assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {np.dtype(jnp.bfloat16)}
+  check_bn_axis_name("deconvnet", size=32, fc_size=1, fc_width=8)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model_checks import random_variables
+from model_checks import check_bn_axis_name, random_variables
 from jaxcnn import create_model
 from jaxcnn.errors import UserError
 from jaxcnn.utils import abstract_variables, param_count
@@ -204,3 +204,18 @@ def test_small_unet_learns_digit_masks():
     losses.append(float(loss))
   print(f"unet digit masks: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
   assert losses[-1] < 0.3 * losses[0]
+
+
+def _check_bfloat16(model, size):
+  variables = abstract_variables(model, (1, size, size, 3))
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype(jnp.float32)}
+  out, state = jax.eval_shape(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+                              variables, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+  assert out["out"].dtype == jnp.bfloat16
+  assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {np.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet"])
+def test_bfloat16_compute_and_bn_axis_name(name):
+  _check_bfloat16(create_model(name, base=4, dtype=jnp.bfloat16), 32)
+  check_bn_axis_name(name, size=32, base=4, batch_norm=True)
