@@ -67,7 +67,6 @@ else a UserError naming the example (its file where the source knows it).
 """
 import functools
 import threading
-from typing import Dict, Tuple
 
 import grain
 import numpy as np
