@@ -43,6 +43,17 @@ def test_switches_and_unpooling_are_torchs(h, w, window, stride):
   np.testing.assert_array_equal(unpool(got_values, got_indices), _nhwc(unpooled.numpy()))
 
 
+def test_nan_switches_are_torchs():
+  x = _tied_input(6, 8)
+  x[0, 0, 0, 1] = np.nan                      # after a value: the NaN is taken
+  x[0, 1, 2, 2:4] = np.nan                    # two NaNs in one window: the last one
+  x[1, 2, 4, 6] = np.nan
+  values, indices = F.max_pool2d(torch.from_numpy(x), 2, 2, return_indices=True)
+  got_values, got_indices = max_pool_with_argmax(_nhwc(x), 2)
+  np.testing.assert_array_equal(got_indices, _nhwc(indices.numpy()))
+  np.testing.assert_array_equal(got_values, _nhwc(values.numpy()))   # NaNs compare equal here
+
+
 def test_default_output_size_is_torchs():
   x = _tied_input(6, 8)
   values, indices = F.max_pool2d(torch.from_numpy(x), 2, 2, return_indices=True)
