@@ -12,7 +12,11 @@ For each model it alternates, round by round, separate processes of
 so all of them see the same machine load, and prints the medians and the ratios
 (JAX images/s / PyTorch images/s; >= 1.0 means JAX is at least as fast).
 Shapes: resnet18_cifar and vit_tiny_patch4_32 batch 128 at 32x32 with 10
-classes, resnet50 and mobilenet_v2 batch 16 at 224x224 with 1000 classes.
+classes, resnet50 and mobilenet_v2 batch 16 at 224x224 with 1000 classes,
+deeplabv3_resnet50 batch 4 at 256x256 with 21 classes (per-pixel loss; not in
+the default list: --models=deeplabv3_resnet50). Segmentation models time
+benchmarks/jax_segmentation_step.py instead of jaxcnn.bench (a classification
+step) on the JAX side.
 The last line is one JSON object with everything.
 """
 import argparse
@@ -28,6 +32,8 @@ MODELS = {
     "mobilenet_v2": dict(batch=16, image_size=224, num_classes=1000),
     "vit_tiny_patch4_32": dict(batch=128, image_size=32, num_classes=10),
 }
+SEGMENTATION = {"deeplabv3_resnet50": dict(batch=4, image_size=256, num_classes=21)}
+SHAPES = {**MODELS, **SEGMENTATION}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,6 +44,8 @@ def _command(kind, model, shape, steps, warmup):
     # ViTs against timm's implementation (the faster PyTorch baseline, and the one jaxcnn's ViT matches).
     script = "torch_vit_reference.py" if model.startswith("vit_") else "torch_reference.py"
     return [sys.executable, os.path.join(ROOT, "benchmarks", script)] + flags
+  if model in SEGMENTATION:
+    return [sys.executable, os.path.join(ROOT, "benchmarks", "jax_segmentation_step.py")] + flags
   return [sys.executable, "-m", "jaxcnn.bench"] + flags
 
 
@@ -53,7 +61,7 @@ def run_one(kind, model, shape, steps, warmup) -> dict:
 
 
 def compare(model, rounds, steps, warmup, kinds):
-  shape = MODELS[model]
+  shape = SHAPES[model]
   runs = {kind: [] for kind in kinds}
   for r in range(rounds):
     for kind in kinds:
@@ -84,9 +92,9 @@ def main(argv=None):
   p.add_argument("--also", default="", help="comma-separated JAXCNN_CPU_CONV values to run as more JAX kinds")
   args = p.parse_args(argv)
   models = [m for m in args.models.split(",") if m]
-  unknown = [m for m in models if m not in MODELS]
+  unknown = [m for m in models if m not in SHAPES]
   if unknown:
-    print(f"error: unknown models {unknown}; known: {sorted(MODELS)}", file=sys.stderr)
+    print(f"error: unknown models {unknown}; known: {sorted(SHAPES)}", file=sys.stderr)
     return 2
   also = [k for k in args.also.split(",") if k]
   kinds = ["jax"] + also + (["rewrite"] if args.rewrite else []) + ([] if args.no_baseline else ["baseline"]) + ["torch"]

@@ -7,6 +7,11 @@ labels, forward in train mode, softmax cross-entropy, backward, SGD (lr 0.01,
 momentum 0.9), float32, `torch.set_num_threads(2)` like XLA:CPU on this machine.
 Prints one JSON line with the median step time and images/s. A benchmark-only
 script: torch is not a dependency of jaxcnn.
+
+Segmentation models (`SEGMENTATION`, e.g. deeplabv3_resnet50, no auxiliary
+head) take random per-pixel labels and the per-pixel cross-entropy of their
+'out' logits (torchvision's segmentation reference loss without the aux term);
+their JAX twin is benchmarks/jax_segmentation_step.py.
 """
 import argparse
 import json
@@ -37,7 +42,10 @@ MODELS = {
     "resnet50": lambda n: torchvision.models.resnet50(num_classes=n),
     "mobilenet_v2": lambda n: torchvision.models.mobilenet_v2(num_classes=n),
     "vit_tiny_patch4_32": vit_tiny_patch4_32,
+    "deeplabv3_resnet50": lambda n: torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=n, aux_loss=False),
 }
+SEGMENTATION = {"deeplabv3_resnet50"}
 
 
 def bench(args) -> dict:
@@ -46,13 +54,16 @@ def bench(args) -> dict:
   model = MODELS[args.model](args.num_classes).to(memory_format=torch.channels_last).train()
   images = torch.randn(args.batch, args.channels, args.image_size, args.image_size)
   images = images.contiguous(memory_format=torch.channels_last)
-  labels = torch.randint(0, args.num_classes, (args.batch,))
+  segmentation = args.model in SEGMENTATION
+  label_shape = (args.batch, args.image_size, args.image_size) if segmentation else (args.batch,)
+  labels = torch.randint(0, args.num_classes, label_shape)
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
   loss_fn = torch.nn.CrossEntropyLoss()
+  forward = (lambda x: model(x)["out"]) if segmentation else model
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(images), labels)
+    loss = loss_fn(forward(images), labels)
     loss.backward()
     optimizer.step()
     return loss
