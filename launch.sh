@@ -68,7 +68,7 @@ trap - TERM INT
 if [ -n "$forwarded" ]; then
   expected=$([ "$forwarded" = TERM ] && echo 143 || echo 130)
   for p in "${pids[@]}"; do
-    wait "$p"; rc=$?
+    rc=0; wait "$p" || rc=$?
     if [ $rc -ne 0 ] && [ $rc -ne "$expected" ]; then status=$rc; fi
   done
   trap - EXIT

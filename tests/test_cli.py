@@ -48,6 +48,10 @@ def test_model_options_may_be_added():
     (("checkpoint.keep_best", "maybe"), "expects a bool"),
     (("model.name", "nosuchmodel"), "unknown model"),
     (("model.nosuchoption", "3"), "unknown config key 'model.nosuchoption'"),
+    (("model.dtype", "float33"), "model.dtype expects a floating dtype name"),
+    (("model.num_classes", "abc"), "model.num_classes expects an integer"),
+    (("optim.step_at", "abc"), "optim.step_at expects a comma list of numbers"),
+    (("optim.lr", "nan"), "optim.lr expects a number \\(not nan\\)"),
 ])
 def test_bad_overrides(override, match):
   config, _ = get_experiment("lenet_digits")
@@ -79,3 +83,12 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 def test_cli_lists_experiments():
   out = _cli("--list")
   assert out.returncode == 0 and "lenet_digits" in out.stdout and "vit_cifar" in out.stdout
+
+
+@pytest.mark.parametrize("key,value", [("optim.lr", "inf"), ("optim.lr", "-inf"), ("optim.grad_clip_norm", "inf")])
+def test_non_finite_optimizer_values_are_refused_when_the_config_is_read(key, value):
+  from jaxcnn.train.trainer import validate
+  config, _ = get_experiment("lenet_digits")
+  run.apply_overrides(config, [(key, value)])
+  with pytest.raises(UserError, match=f"{key} must be a finite number"):
+    validate(config)

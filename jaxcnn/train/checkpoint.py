@@ -209,7 +209,8 @@ def check_compatible(meta: dict, expected: dict, directory: str, step: int):
   if have is None:  # format 1: only the task and the model name were recorded
     have = {k: meta.get(k) for k in ("task", "model")}
     want = {k: expected.get(k) for k in ("task", "model")}
-  diffs = [k for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
+  keys = list(want) + [k for k in have if k not in want]  # the fingerprint's order: task and model first
+  diffs = [k for k in keys if have.get(k) != want.get(k)]
   if not diffs:
     return
   shown = ", ".join(f"{k}: checkpoint {_brief(have.get(k))} vs now {_brief(want.get(k))}" for k in diffs[:4])

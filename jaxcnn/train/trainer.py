@@ -180,8 +180,8 @@ FINGERPRINT_KEYS = ("train.batch_size", "train.seed", "data.name", "data.train_s
 
 def fingerprint(config, task, abstract_state) -> dict:
   """What must match for a checkpoint to be resumed by `config`: flat {key: JSON value} (see FINGERPRINT_KEYS)."""
-  fp = {"task": type(task).__name__}
-  for key, value in config.model.to_dict().items():
+  fp = {"task": type(task).__name__, "model.name": config.model.name}
+  for key, value in sorted(config.model.to_dict().items()):
     fp[f"model.{key}"] = value
   for key in FINGERPRINT_KEYS:
     section, leaf = key.split(".")
