@@ -57,10 +57,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.errors import UserError
+from jaxcnn.errors import UserError, unknown
 from jaxcnn.layers import Conv, ConvTranspose, max_pool, resize_bilinear
 from jaxcnn.layers.aspp import FCNHead
-from jaxcnn.registry import create_model, register_model
+from jaxcnn.registry import create_model, list_models, register_model
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -89,6 +89,8 @@ class SegmentationModel(nn.Module):
 
   def __post_init__(self):
     check_output_stride(self.output_stride, self.allowed_output_strides)
+    if self.backbone_name not in list_models():
+      raise unknown("backbone_name", self.backbone_name, list_models())
     if self.num_classes < 1:
       raise UserError(f"num_classes={self.num_classes} must be >= 1")
     super().__post_init__()

@@ -75,6 +75,8 @@ def test_bad_options():
     create_model("deeplabv3_resnet50", atrous_rates=(0, 6))
   with pytest.raises(UserError, match="num_classes=0"):
     create_model("fcn_resnet50", num_classes=0)
+  with pytest.raises(UserError, match="unknown backbone_name 'resnet5'"):
+    create_model("deeplabv3_resnet50", backbone_name="resnet5")
   with pytest.raises(UserError, match="cannot dilate"):  # the backbone is built (and checked) at init
     abstract_variables(create_model("deeplabv3_resnet50", backbone_name="resnet18_cifar"), (1, 32, 32, 3))
 
@@ -144,3 +146,32 @@ def test_mobilenet_v3_output_strides(output_stride, high):
   assert {k: v.shape for k, v in out.items()} == {"out": (1, 64, 80, 21), "aux": (1, 64, 80, 21)}
   features = state["intermediates"]["backbone"]["__call__"][0]
   assert features["high"].shape[1:] == high + (960,) and features["low"].shape[1:] == (8, 10, 40)
+
+
+def test_learns_digit_masks():
+  """A small DeepLabV3 (ResNet-18 backbone at output stride 8) fits per-pixel labels of one batch of digits."""
+  import optax
+  from model_checks import digits_32x32
+  images, _ = digits_32x32(16)
+  labels = (images[..., 0] > 0).astype(jnp.int32)          # ink vs background
+  model = create_model("deeplabv3_resnet50", backbone_name="resnet18", num_classes=2, atrous_rates=(1, 2, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), images[:1])
+  tx = optax.adam(3e-3)
+  params, stats = variables["params"], variables["batch_stats"]
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, stats, opt_state, key):
+    def loss_fn(params):
+      out, new = model.apply({"params": params, "batch_stats": stats}, images, train=True,
+                             rngs={"dropout": key}, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(out["out"], labels).mean(), new["batch_stats"]
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
+
+  losses = []
+  for key in jax.random.split(jax.random.key(1), 25):
+    params, stats, opt_state, loss = step(params, stats, opt_state, key)
+    losses.append(float(loss))
+  assert losses[-1] < 0.5 * losses[0], losses
