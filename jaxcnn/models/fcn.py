@@ -17,6 +17,9 @@ torchvision's models (`SegmentationModel`, shared with `deeplab.py`):
   Parameter counts equal torchvision's: fcn_resnet50 32,957,013 (35,322,218
   with aux), fcn_resnet101 51,949,141 (54,314,346). `output_stride` 8 (as
   torchvision), 16 or 32 changes only the backbone's dilation.
+  `backbone_name` puts another registered backbone under the same heads when
+  it has `return_features` with 'stage3'/'stage4' and `output_stride` (e.g.
+  'resnet18', 'resnext50_32x4d'); its own option errors surface at init.
 
 The paper's models (`FCNVGG`): fcn32s, fcn16s, fcn8s on VGG-16
 (`jaxcnn.models.vgg`, configuration D). pool5 -> fc6 (7x7 conv, 4096) ->
