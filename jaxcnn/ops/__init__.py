@@ -1,0 +1,4 @@
+"""torchvision.ops names and semantics in JAX, with fixed shapes (jit/vmap on every backend)."""
+from jaxcnn.ops.boxes import (BOX_FORMATS, BoxCoder, box_area, box_convert, box_iou, clip_boxes_to_image,
+                              complete_box_iou, complete_box_iou_loss, distance_box_iou, distance_box_iou_loss,
+                              generalized_box_iou, generalized_box_iou_loss, remove_small_boxes)
