@@ -13,10 +13,10 @@ so all of them see the same machine load, and prints the medians and the ratios
 (JAX images/s / PyTorch images/s; >= 1.0 means JAX is at least as fast).
 Shapes: resnet18_cifar and vit_tiny_patch4_32 batch 128 at 32x32 with 10
 classes, resnet50 and mobilenet_v2 batch 16 at 224x224 with 1000 classes,
-deeplabv3_resnet50 batch 4 at 256x256 with 21 classes (per-pixel loss; not in
-the default list: --models=deeplabv3_resnet50). Segmentation models time
-benchmarks/jax_segmentation_step.py instead of jaxcnn.bench (a classification
-step) on the JAX side.
+deeplabv3_resnet50 batch 4 at 256x256 with 21 classes (not in the default list:
+--models=deeplabv3_resnet50; jaxcnn.bench times the segmentation task's step,
+PyTorch the same per-pixel cross-entropy with ignore_index=255, both on labels
+with about 5% ignored pixels).
 The last line is one JSON object with everything.
 """
 import argparse
@@ -44,9 +44,8 @@ def _command(kind, model, shape, steps, warmup):
     # ViTs against timm's implementation (the faster PyTorch baseline, and the one jaxcnn's ViT matches).
     script = "torch_vit_reference.py" if model.startswith("vit_") else "torch_reference.py"
     return [sys.executable, os.path.join(ROOT, "benchmarks", script)] + flags
-  if model in SEGMENTATION:
-    return [sys.executable, os.path.join(ROOT, "benchmarks", "jax_segmentation_step.py")] + flags
-  return [sys.executable, "-m", "jaxcnn.bench"] + flags
+  task = ["--task=segmentation"] if model in SEGMENTATION else []
+  return [sys.executable, "-m", "jaxcnn.bench"] + flags + task
 
 
 def run_one(kind, model, shape, steps, warmup) -> dict:

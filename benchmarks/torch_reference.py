@@ -9,9 +9,10 @@ Prints one JSON line with the median step time and images/s. A benchmark-only
 script: torch is not a dependency of jaxcnn.
 
 Segmentation models (`SEGMENTATION`, e.g. deeplabv3_resnet50, no auxiliary
-head) take random per-pixel labels and the per-pixel cross-entropy of their
-'out' logits (torchvision's segmentation reference loss without the aux term);
-their JAX twin is benchmarks/jax_segmentation_step.py.
+head) take random per-pixel labels with about 5% of the pixels at the ignore
+label 255 and the per-pixel cross-entropy of their 'out' logits with
+`ignore_index=255` (torchvision's segmentation reference loss without the aux
+term); their JAX twin is `python -m jaxcnn.bench` (the segmentation task's step).
 """
 import argparse
 import json
@@ -46,6 +47,7 @@ MODELS = {
         weights=None, weights_backbone=None, num_classes=n, aux_loss=False),
 }
 SEGMENTATION = {"deeplabv3_resnet50"}
+IGNORE_LABEL = 255
 
 
 def bench(args) -> dict:
@@ -57,8 +59,10 @@ def bench(args) -> dict:
   segmentation = args.model in SEGMENTATION
   label_shape = (args.batch, args.image_size, args.image_size) if segmentation else (args.batch,)
   labels = torch.randint(0, args.num_classes, label_shape)
+  if segmentation:
+    labels[torch.rand(label_shape) < 0.05] = IGNORE_LABEL
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-  loss_fn = torch.nn.CrossEntropyLoss()
+  loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
   forward = (lambda x: model(x)["out"]) if segmentation else model
 
   def step():

@@ -1,12 +1,20 @@
 """Times one compiled train step of any registered model; prints one JSON line.
 
     python -m jaxcnn.bench --model=resnet18_cifar --batch=128 --image-size=32 [--dtype=bfloat16]
-        [--steps=10] [--warmup=2] [--num-classes=10] [--channels=3] [--optim=sgd] [--option.KEY=VALUE ...]
+        [--steps=10] [--warmup=2] [--num-classes=10] [--channels=3] [--optim=sgd]
+        [--task=auto|classification|segmentation] [--option.KEY=VALUE ...]
 
-The step is the trainer's own (classification task: forward, softmax cross-entropy,
-backward, optimizer update, donated state), jitted on one device. FLOPs come from
-XLA's cost analysis of the compiled step. A tool, not a test: compare numbers only
-within one run on one machine (e.g. against benchmarks/torch_reference.py).
+The step is the trainer's own (the task's `train_step`: forward, loss, backward,
+optimizer update, donated state), jitted on one device, on one synthetic batch:
+  classification  `image` [B, S, S, C] and `label` [B];
+  segmentation    `image` and `segmentation` int32 [B, S, S] with about 5% of the
+                  pixels at the ignore label 255 (per-pixel softmax cross-entropy,
+                  logits resized to the labels, the aux loss if the model has one).
+`--task=auto` (the default) picks segmentation for models whose output is a dict
+with 'out' (the segmentation contract of `jaxcnn/models/fcn.py`), else
+classification. FLOPs come from XLA's cost analysis of the compiled step. A tool,
+not a test: compare numbers only within one run on one machine (e.g. against
+benchmarks/torch_reference.py).
 """
 import argparse
 import ast
@@ -46,28 +54,69 @@ def _parse_options(extra):
   return options
 
 
-def bench(args, options) -> dict:
-  from jaxcnn.tasks.base import TrainState
-  from jaxcnn.tasks.classification import Classification
+TASKS = ("auto", "classification", "segmentation")
+IGNORE_LABEL = 255
 
-  class Info:
-    num_classes = args.num_classes
+
+def infer_task(model_name: str, options: dict, num_classes: int, image_size: int, channels: int) -> str:
+  """'segmentation' if the model returns {'out': ...} (abstractly evaluated, no compute), else 'classification'."""
+  from jaxcnn.registry import create_model, model_options
+  accepted = model_options(model_name)
+  kwargs = dict(options)
+  if accepted is None or "num_classes" in accepted:
+    kwargs.setdefault("num_classes", num_classes)
+  model = create_model(model_name, **kwargs)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+  out, _ = jax.eval_shape(lambda x: model.init_with_output(
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, train=False), x)
+  return "segmentation" if isinstance(out, dict) and "out" in out else "classification"
+
+
+def synthetic_batch(task: str, batch: int, image_size: int, channels: int, num_classes: int) -> dict:
+  """One batch of the fields `task` trains on, drawn from a fixed seed."""
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(batch, image_size, image_size, channels)), jnp.float32)
+  if task == "classification":
+    return {"image": images, "label": jnp.asarray(rng.integers(0, num_classes, size=(batch,)), jnp.int32)}
+  labels = rng.integers(0, num_classes, size=(batch, image_size, image_size))
+  labels[rng.random(labels.shape) < 0.05] = IGNORE_LABEL  # as VOC's object boundaries
+  return {"image": images, "segmentation": jnp.asarray(labels, jnp.int32)}
+
+
+def setup(args, options):
+  """(task name, task, optimizer, initial TrainState, synthetic batch) for the step `bench` times."""
+  from jaxcnn.tasks import get_task
+  from jaxcnn.tasks.base import TrainState
 
   if args.model not in list_models():
     from jaxcnn.errors import unknown
     raise unknown("model", args.model, list_models())
   if args.batch <= 0 or args.image_size <= 0 or args.steps <= 0:
     raise UserError("--batch, --image-size and --steps must be positive")
-  task = Classification(_config(args, options), Info)
+  task_name = args.task
+  if task_name == "auto":
+    task_name = infer_task(args.model, options, args.num_classes, args.image_size, args.channels)
+
+  class Info:
+    name = "synthetic"
+    num_classes = args.num_classes
+    ignore_label = IGNORE_LABEL
+    class_names = ()
+
+  config = _config(args, options)
+  config.task = task_name
+  task = get_task(config, Info)
   tx = {"sgd": optax.sgd(0.01, momentum=0.9), "adamw": optax.adamw(1e-3)}[args.optim]
-  rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(args.batch, args.image_size, args.image_size, args.channels)),
-                                jnp.float32),
-           "label": jnp.asarray(rng.integers(0, args.num_classes, size=(args.batch,)), jnp.int32)}
+  batch = synthetic_batch(task_name, args.batch, args.image_size, args.channels, args.num_classes)
   variables = dict(task.init(jax.random.PRNGKey(0), batch))
   params = variables.pop("params")
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                      opt_state=tx.init(params), ema_params={}, rng=jax.random.PRNGKey(1))
+  return task_name, task, tx, state, batch
+
+
+def bench(args, options) -> dict:
+  task_name, task, tx, state, batch = setup(args, options)
 
   def step(state, batch):
     new, metrics = task.train_step(state, batch, tx)
@@ -91,17 +140,18 @@ def bench(args, options) -> dict:
     times.append(time.perf_counter() - t)
     cpu_times.append(time.process_time() - c)
   median = statistics.median(times)
-  return {"model": args.model, "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
-          "backend": jax.default_backend(), "devices": 1, "compile_s": round(compile_s, 3),
+  return {"model": args.model, "task": task_name, "batch": args.batch, "image_size": args.image_size,
+          "dtype": args.dtype, "backend": jax.default_backend(), "devices": 1, "compile_s": round(compile_s, 3),
           "step_ms_median": round(median * 1e3, 3), "step_ms_min": round(min(times) * 1e3, 3),
           "images_per_s": round(args.batch / median, 2),
           # CPU seconds of all threads per step: wall time x cores kept busy.
           "cpu_s_per_step": round(statistics.median(cpu_times), 3), "flops_per_step": flops,
           "flops_per_s": flops / median, "loss": float(loss),
-          "param_count": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))}
+          "param_count": int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))}
 
 
-def main(argv=None):
+def parse(argv=None):
+  """(args, the --option.KEY=VALUE arguments left for `_parse_options`) from the command line."""
   p = argparse.ArgumentParser(prog="python -m jaxcnn.bench", description=__doc__.splitlines()[0])
   p.add_argument("--model", required=True)
   p.add_argument("--batch", type=int, default=32)
@@ -110,9 +160,16 @@ def main(argv=None):
   p.add_argument("--num-classes", type=int, default=10)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--optim", default="sgd", choices=["sgd", "adamw"])
+  p.add_argument("--task", default="auto", choices=TASKS,
+                 help="the train step to time; auto: segmentation for models returning {'out': ...}")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   args, extra = p.parse_known_args(argv)
+  return args, extra
+
+
+def main(argv=None):
+  args, extra = parse(argv)
   if args.steps < 1 or args.warmup < 0 or args.batch < 1:
     print(f"error: --steps (>= 1), --warmup (>= 0) and --batch (>= 1) got {args.steps}, {args.warmup}, "
           f"{args.batch}", file=sys.stderr)

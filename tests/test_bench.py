@@ -1,6 +1,8 @@
 """python -m jaxcnn.bench prints the agreed JSON keys with sane values."""
 import json
 
+import numpy as np
+
 from jaxcnn import bench
 
 
@@ -10,6 +12,7 @@ def test_bench_prints_one_json_line(capsys):
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 1
   r = json.loads(lines[0])
+  assert r["task"] == "classification"  # inferred: lenet5_modern returns one logits array
   for key in ("compile_s", "step_ms_median", "images_per_s", "flops_per_step", "flops_per_s"):
     assert r[key] > 0, key
   # Forward + backward of a small CNN: more than the 2x forward conv FLOPs XLA counts for 8 images at least.
@@ -25,3 +28,31 @@ def test_bench_rejects_unknown_model(capsys):
 def test_bench_rejects_bad_counts(capsys):
   assert bench.main(["--model=lenet5_modern", "--steps=0"]) == 2
   assert "--steps (>= 1)" in capsys.readouterr().err
+
+
+SEG_FLAGS = ["--model=unet", "--batch=2", "--image-size=16", "--num-classes=3", "--option.base=4",
+             "--option.depth=2", "--steps=1", "--warmup=0"]
+
+
+def test_segmentation_model_times_the_segmentation_step(capsys):
+  # unet returns {'out': ...}: the task is inferred; the batch has per-pixel labels with ignored pixels.
+  assert bench.main(SEG_FLAGS) == 0
+  r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert r["task"] == "segmentation" and r["images_per_s"] > 0 and r["flops_per_step"] > 0
+
+  args, extra = bench.parse(SEG_FLAGS)
+  name, task, _, state, batch = bench.setup(args, bench._parse_options(extra))
+  assert name == "segmentation" and sorted(batch) == ["image", "segmentation"]
+  labels = np.asarray(batch["segmentation"])
+  assert batch["image"].dtype == np.float32 and labels.dtype == np.int32 and labels.shape == (2, 16, 16)
+  ignored = labels == 255
+  assert 0 < ignored.mean() < 0.15 and set(np.unique(labels[~ignored])) == {0, 1, 2}
+  # The reported loss (one step, no warmup: the loss before the update) is the per-pixel cross-entropy
+  # over the labelled pixels only (this unet has no BatchNorm or dropout: train and eval agree).
+  logits = np.asarray(task.model.apply({"params": state.params, **state.model_state}, batch["image"])["out"])
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(logp, np.where(ignored, 0, labels)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(r["loss"], nll[~ignored].mean(), rtol=1e-5)
+  assert abs(r["loss"] - nll.mean()) > 1e-6  # the ignored pixels would change it
+
