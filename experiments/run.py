@@ -185,13 +185,14 @@ def main(argv) -> int:
   log.info("experiment %s, workdir %s", options["exp"], os.path.abspath(workdir))
   summary = train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
-    headline = {k: v for k, v in summary.items() if k.startswith("eval/")}
-    for k, v in headline.items():
+    shown = {k: v for k, v in summary.items() if k.startswith("eval/") and k.count("/") == 1}  # no per-class keys
+    for k, v in shown.items():
       print(f"final {k} = {v:.4f}" if isinstance(v, float) else f"final {k} = {v}")
-    if "eval/accuracy" in summary:
-      print(f"final test accuracy: {summary['eval/accuracy']:.4f} ({config.data.name}, {summary['step']} steps, "
-            f"{summary['wall_time_s']:.0f} s)")
-    print(f"outputs in {os.path.abspath(workdir)}")
+    key = summary.get("headline_metric")  # the task's own (eval/accuracy, eval/miou, ...), last line
+    value = summary.get(key)
+    figure = f"{value:.4f}" if isinstance(value, float) else str(value)
+    print(f"final {key}: {figure} ({config.data.name}, {summary['step']} steps, {summary['wall_time_s']:.0f} s); "
+          f"outputs in {os.path.abspath(workdir)}")
   return 0
 
 

@@ -88,3 +88,13 @@ def cifar10_sgd_config(model_name: str, *, lr: float = 0.1, optimizer: str = "sg
   c.eval.every = 10 * steps_per_epoch
   c.checkpoint.every = 10 * steps_per_epoch
   return c
+
+
+def segmentation_config() -> ml_collections.ConfigDict:
+  """base_config() for task 'segmentation', with its own section (see jaxcnn/tasks/segmentation.py)."""
+  from jaxcnn.tasks.segmentation import default_config
+  c = base_config()
+  c.task = "segmentation"
+  c.segmentation = default_config()
+  c.checkpoint.keep_best = True  # best by eval/miou
+  return c

@@ -11,6 +11,7 @@ _TASKS = {
     "gan": "jaxcnn.tasks.gan:GAN",
     "stackgan": "jaxcnn.tasks.gan:StackGAN",
     "stackganpp": "jaxcnn.tasks.stackgan_v2:StackGANpp",
+    "segmentation": "jaxcnn.tasks.segmentation:Segmentation",
 }
 
 

@@ -51,12 +51,33 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def eval_step(self, variables, batch) -> Metrics:
-    """Per-batch SUMS over real examples (batch['mask']), e.g. {'correct': ., 'count': .}."""
+    """Per-batch SUMS over real examples (batch['mask']), e.g. {'correct': ., 'count': .}.
+
+    Values may be arrays (a confusion matrix): they are summed elementwise over the split.
+    Entries named `per_example/<name>` are per-example arrays instead, collected for `host_eval`
+    (return `per_example/mask` = batch['mask'] with them so padding is dropped).
+    """
 
   def eval_metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
     """Turns the summed eval_step outputs of a whole split into 'eval/...' metrics."""
     count = max(sums.pop("count"), 1.0)
     return {f"eval/{k}": float(v) / count for k, v in sums.items()}
+
+  def host_eval(self, outputs: Dict[str, Any]) -> Dict[str, float]:
+    """Host-side evaluator over the whole split (COCO mAP, retrieval recall, ...), on every process.
+
+    `outputs` holds the `per_example/<name>` arrays eval_step returned, concatenated over the
+    split in order with padding examples removed (without the prefix). Returns 'eval/...' metrics.
+    """
+    return {}
+
+  def init_batch(self, spec: Dict[str, jax.ShapeDtypeStruct]) -> Dict[str, jax.Array]:
+    """The batch `init` sees: zeros shaped like two examples of the data pipeline's batches.
+
+    `spec` is `jaxcnn.data.element_spec(...)` (every field the pipeline yields); a task whose
+    models need something else (e.g. token ids it makes itself) overrides this.
+    """
+    return {k: jnp.zeros((2,) + tuple(v.shape[1:]), v.dtype) for k, v in spec.items()}
 
   def optimizer(self, make_tx) -> optax.GradientTransformation:
     """The optimizer; `make_tx(optim_cfg)` builds one from a config section with the run's schedule."""

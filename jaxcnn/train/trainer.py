@@ -160,7 +160,7 @@ def _run(config, workdir, devices, t_start):
     ckpt.close(raise_errors=not failed)
     writer.close()
 
-  summary = {"step": steps, **last_eval, **extra, "param_count": n_params,
+  summary = {"step": steps, **last_eval, **extra, "headline_metric": task.best_metric[0], "param_count": n_params,
              "model": config.model.name, "data": config.data.name,
              "devices": int(mesh.devices.size), "processes": nproc,
              "wall_time_s": round(time.time() - t_start, 2)}
@@ -198,9 +198,8 @@ def _digest(items) -> str:
 
 
 def _state_initializer(task, tx, config, info):
-  size = int(config.data.image_size) or info.image_shape[0]
-  channels = int(config.data.channels) or info.image_shape[2]
-  dummy = {"image": jnp.zeros((2, size, size, channels), jnp.float32), "label": jnp.zeros((2,), jnp.int32)}
+  spec = data_lib.element_spec(config.data, int(config.train.batch_size), jax.process_index(), jax.process_count())
+  dummy = task.init_batch(spec)
   use_ema = float(config.train.ema_decay) > 0
 
   def init(key):
@@ -240,12 +239,8 @@ class _JitRunner:
     return self._step(state, sharding.global_batch(local_batch, self.batch_sharding))
 
   def evaluate(self, state, batches):
-    sums = {}
-    for local_batch in batches:
-      out = sharding.to_host(self._eval(state, sharding.global_batch(local_batch, self.batch_sharding)))
-      for k, v in out.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-    return self.task.eval_metrics(sums) if sums else {}
+    return evaluate(self.task, batches, lambda b: sharding.to_host(
+        self._eval(state, sharding.global_batch(b, self.batch_sharding))))
 
   def checkpointable(self, state):
     return state
@@ -262,8 +257,12 @@ class _PmapRunner:
     local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     self.n = len(local)
     self._step = jax.pmap(_advance(task, tx), axis_name=PMAP_AXIS, donate_argnums=0, devices=local)
-    self._eval = jax.pmap(lambda s, b: jax.lax.psum(task.eval_step(task.eval_variables(s), b), PMAP_AXIS),
-                          axis_name=PMAP_AXIS, devices=local)
+    def eval_fn(state, batch):
+      out = task.eval_step(task.eval_variables(state), batch)
+      outputs = {k: v for k, v in out.items() if k.startswith(PER_EXAMPLE)}
+      sums = jax.lax.psum({k: v for k, v in out.items() if not k.startswith(PER_EXAMPLE)}, PMAP_AXIS)
+      return sums, outputs
+    self._eval = jax.pmap(eval_fn, axis_name=PMAP_AXIS, devices=local)
 
   def _split(self, tree):
     return jax.tree.map(lambda x: x.reshape((self.n, x.shape[0] // self.n) + x.shape[1:]), tree)
@@ -277,12 +276,12 @@ class _PmapRunner:
     return state, jax.tree.map(lambda x: x[0], metrics)
 
   def evaluate(self, state, batches):
-    sums = {}
-    for local_batch in batches:
-      out = jax.device_get(jax.tree.map(lambda x: x[0], self._eval(state, self._split(local_batch))))
-      for k, v in out.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-    return self.task.eval_metrics(sums) if sums else {}
+    def run(local_batch):
+      sums, outputs = self._eval(state, self._split(local_batch))
+      sums = _sum_over_processes(jax.device_get(jax.tree.map(lambda x: x[0], sums)))
+      outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), jax.device_get(outputs))
+      return {**sums, **_gather_over_processes(outputs)}
+    return evaluate(self.task, batches, run)
 
   def checkpointable(self, state):
     """Device 0's replica as global replicated arrays, the same layout the jit path saves."""
@@ -291,6 +290,51 @@ class _PmapRunner:
 
   def variables_for_eval(self, state):
     return self.task.eval_variables(jax.device_get(jax.tree.map(lambda x: x[0], state)))
+
+
+PER_EXAMPLE = "per_example/"
+
+
+def evaluate(task, batches, run_batch) -> dict:
+  """The eval loop of both runners: one pass over `batches`, then the task's metrics.
+
+  `run_batch(local_batch)` returns the task's eval_step outputs on the host, on every process, for the
+  global batch. Outputs are summed over the split as arrays (scalars, confusion matrices, ...), except
+  `per_example/...` entries: per-example arrays that are concatenated over the split, padding dropped,
+  and handed to the task's host-side evaluator (`Task.host_eval`, e.g. COCO mAP or retrieval recall).
+  """
+  sums, outputs, valid = {}, {}, []
+  for local_batch in batches:
+    out = run_batch(local_batch)
+    for k, v in out.items():
+      if k.startswith(PER_EXAMPLE):
+        outputs.setdefault(k[len(PER_EXAMPLE):], []).append(np.asarray(v))
+      else:
+        v = np.asarray(v)
+        v = v.astype(np.float64) if v.dtype.kind == "f" else v.astype(np.int64)
+        sums[k] = sums[k] + v if k in sums else v
+    if outputs:
+      valid.append(np.asarray(out.get(PER_EXAMPLE + "mask", np.ones(len(next(iter(outputs.values()))[-1])))))
+  metrics = task.eval_metrics({k: (float(v) if v.ndim == 0 else v) for k, v in sums.items()}) if sums else {}
+  if outputs:
+    keep = np.concatenate(valid) > 0
+    metrics.update(task.host_eval({k: np.concatenate(v)[keep] for k, v in outputs.items()}))
+  return metrics
+
+
+def _sum_over_processes(tree):
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils
+  return jax.tree.map(lambda x: np.sum(multihost_utils.process_allgather(x), axis=0), tree)
+
+
+def _gather_over_processes(tree):
+  """Per-example arrays of every process, in process order (= global batch order)."""
+  if jax.process_count() == 1 or not tree:
+    return tree
+  from jax.experimental import multihost_utils
+  return jax.tree.map(lambda x: np.concatenate(list(multihost_utils.process_allgather(x)), axis=0), tree)
 
 
 def _mean_metrics(history):

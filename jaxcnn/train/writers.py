@@ -50,7 +50,8 @@ class MetricWriter:
     self._show(step, record)
 
   def _show(self, step, record):
-    keys = [k for k in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "train/lr",
+    headline = [k for k in record if k.startswith("eval/") and k.count("/") == 1 and k != "eval/loss"][:3]
+    keys = [k for k in ("train/loss", "train/accuracy", "eval/loss", *headline, "train/lr",
                         "throughput/images_per_s") if k in record]
     if self._bar is not None:
       self._bar.n = step

@@ -1,0 +1,34 @@
+"""DeepLabV3 (ResNet-18 backbone at output stride 8, ASPP) on the offline `digits_seg` canvases: 11 classes.
+
+    python -m experiments.run --exp=deeplabv3_digits
+
+`deeplabv3_resnet50`'s architecture (torchvision's DeepLabHead: ASPP with rates 12/24/36 at output stride 8,
+image pooling, BN; auxiliary FCN head off) on a ResNet-18 backbone trained from scratch, so that it fits 2 CPU
+cores: 64x64 canvases of 2-4 scikit-learn digits (see jaxcnn/data/canvas.py), torchvision's segmentation
+recipe shortened (SGD momentum 0.9, poly schedule, weight decay 1e-4; random scale 0.5-2.0, crop with
+ignore padding, flip). Expected: eval/miou >= 0.5 on the 500 test canvases (chance is far below: background
+is ~80% of the pixels); the measured figure is in the README.
+"""
+from experiments.configs.common import segmentation_config
+
+
+def get_config():
+  c = segmentation_config()
+  c.model.name = "deeplabv3_resnet50"
+  c.model.backbone_name = "resnet18"
+  c.data.name = "digits_seg"
+  c.data.image_size = 64
+  c.data.augment = "scale,crop"  # no flip: a mirrored digit is another shape
+  c.data.scale_range = (0.75, 1.5)
+  c.train.steps = 600
+  c.train.batch_size = 16
+  c.train.log_every = 10
+  c.optim.name = "sgd"
+  c.optim.lr = 0.02
+  c.optim.schedule = "poly"
+  c.optim.warmup_steps = 20
+  c.optim.weight_decay = 1e-4
+  c.eval.every = 200
+  c.eval.batch_size = 64
+  c.checkpoint.every = 200
+  return c
