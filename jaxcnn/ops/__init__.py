@@ -4,3 +4,5 @@ from jaxcnn.ops.boxes import (BOX_FORMATS, BoxCoder, box_area, box_convert, box_
                               generalized_box_iou, generalized_box_iou_loss, remove_small_boxes)
 from jaxcnn.ops.nms import SOFT_NMS_METHODS, adaptive_nms, batched_nms, nms, soft_nms
 from jaxcnn.ops.roi import infer_scale, multiscale_roi_align, roi_align, roi_level_mapper, roi_pool
+from jaxcnn.ops.anchors import (BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, AnchorGenerator, DefaultBoxGenerator,
+                                Matcher, SSDMatcher, retinanet_anchor_sizes)
