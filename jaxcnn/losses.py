@@ -111,3 +111,113 @@ def bce_dice_loss(logits, labels, ignore_label: int = 255, bce_weight: float = 1
   """bce_weight * binary_cross_entropy_with_logits + dice_weight * dice_loss (binary logits)."""
   return (bce_weight * binary_cross_entropy_with_logits(logits, labels, ignore_label)
           + dice_weight * dice_loss(logits, labels, ignore_label, smooth))
+
+
+# Detection and multi-label losses (torchvision / torch.nn.functional semantics; `reduction` 'none' | 'mean' | 'sum'):
+#   sigmoid_focal_loss            RetinaNet's focal loss, torchvision.ops.sigmoid_focal_loss
+#   smooth_l1_loss, l1_loss       torch.nn.functional.smooth_l1_loss (beta) / l1_loss
+#   poly1_cross_entropy           PolyLoss Poly-1 (Leng et al. 2022) through optax.losses.poly_loss_cross_entropy
+#   asymmetric_polynomial_loss    APL (Huang et al. 2023) for multi-label sigmoid outputs
+# The IoU losses (generalized/distance/complete_box_iou_loss) live with the box ops in jaxcnn.ops.
+
+from jaxcnn.errors import UserError, unknown  # noqa: E402  (kept with the losses that use it)
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _reduce_loss(loss, reduction: str):
+  if reduction == "none":
+    return loss
+  if reduction == "mean":
+    return jnp.mean(loss)
+  if reduction == "sum":
+    return jnp.sum(loss)
+  raise unknown("reduction", reduction, _REDUCTIONS)
+
+
+def sigmoid_focal_loss(inputs, targets, alpha: float = 0.25, gamma: float = 2.0,
+                       reduction: str = "none") -> jax.Array:
+  """Focal loss (Lin et al. 2017) on logits, equal to torchvision.ops.sigmoid_focal_loss.
+
+  BCE(x, y) * (1 - p_t)^gamma, times alpha_t = alpha y + (1 - alpha)(1 - y)
+  unless alpha = -1. Targets are floats in [0, 1] of the logits' shape.
+  """
+  if not (0 <= alpha <= 1) and alpha != -1:
+    raise UserError(f"sigmoid_focal_loss: alpha must be in [0, 1] or -1 (off), got {alpha}")
+  inputs = jnp.asarray(inputs, jnp.float32)
+  targets = jnp.asarray(targets, jnp.float32)
+  p = jax.nn.sigmoid(inputs)
+  ce = optax.sigmoid_binary_cross_entropy(inputs, targets)
+  p_t = p * targets + (1 - p) * (1 - targets)
+  loss = ce * (1 - p_t) ** gamma
+  if alpha >= 0:
+    loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+  return _reduce_loss(loss, reduction)
+
+
+def smooth_l1_loss(inputs, targets, beta: float = 1.0, reduction: str = "mean") -> jax.Array:
+  """torch.nn.functional.smooth_l1_loss: 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (beta=0: L1)."""
+  d = jnp.abs(jnp.asarray(inputs, jnp.float32) - jnp.asarray(targets, jnp.float32))
+  if beta == 0:
+    loss = d
+  else:
+    loss = jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+  return _reduce_loss(loss, reduction)
+
+
+smooth_l1 = smooth_l1_loss
+
+
+def l1_loss(inputs, targets, reduction: str = "mean") -> jax.Array:
+  """torch.nn.functional.l1_loss."""
+  return _reduce_loss(jnp.abs(jnp.asarray(inputs, jnp.float32) - jnp.asarray(targets, jnp.float32)), reduction)
+
+
+def poly1_cross_entropy(logits, labels, epsilon: float = 2.0, reduction: str = "mean") -> jax.Array:
+  """Poly-1 loss (Leng et al. 2022): softmax CE + epsilon (1 - p_t), via optax.losses.poly_loss_cross_entropy.
+
+  logits [..., K]; labels either integer class ids [...] or distributions
+  [..., K] (one-hot or smoothed; p_t is then the labels-weighted probability,
+  as optax). epsilon=2 is the paper's ImageNet value, -1 its detection value.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(labels)
+  if labels.ndim == logits.ndim - 1:
+    labels = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  loss = optax.losses.poly_loss_cross_entropy(logits, labels.astype(jnp.float32), epsilon=epsilon)
+  return _reduce_loss(loss, reduction)
+
+
+def asymmetric_polynomial_loss(logits, targets, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
+                               clip: float = 0.05, epsilon_pos: float = 1.0, epsilon_pos_pow: float = -2.5,
+                               epsilon_neg: float = 0.0, eps: float = 1e-8,
+                               reduction: str = "sum") -> jax.Array:
+  """Asymmetric Polynomial Loss (Huang et al. 2023, ICASSP) for multi-label logits [..., C], targets in {0, 1}.
+
+  Written from the authors' APLLoss (LUMIA-Group/APL), defaults included.
+  With p = sigmoid(x) and p_m = max(p - clip, 0) (the shifted probability of
+  asymmetric loss; clip=0 turns it off), each element's loss is
+    positive: -(1 - p)^gamma_pos   [log p + epsilon_pos (1 - p) + epsilon_pos_pow / 2 (1 - p)^2]
+    negative: -p_m^gamma_neg       [log(1 - p_m) + epsilon_neg (1 - p_m)]
+  (probabilities inside the bracket clamped to >= eps; the focusing weights
+  are held constant in the gradient, the reference's
+  disable_torch_grad_focal_loss=True). The polynomial terms re-weight the
+  leading Taylor terms of BCE, the gammas focus the two sides separately. The
+  reference returns the sum over all elements (reduction='sum').
+  """
+  x = jnp.asarray(logits, jnp.float32)
+  y = jnp.asarray(targets, jnp.float32)
+  p = jax.nn.sigmoid(x)
+  q = 1 - p
+  if clip is not None and clip > 0:
+    q = jnp.minimum(q + clip, 1.0)
+  pc = jnp.maximum(p, eps)
+  qc = jnp.maximum(q, eps)
+  pos = y * (jnp.log(pc) + epsilon_pos * (1 - pc) + epsilon_pos_pow * 0.5 * (1 - pc) ** 2)
+  neg = (1 - y) * (jnp.log(qc) + epsilon_neg * qc)
+  loss = pos + neg
+  if gamma_neg > 0 or gamma_pos > 0:
+    p_t = p * y + q * (1 - y)
+    w = jax.lax.stop_gradient((1 - p_t) ** (gamma_pos * y + gamma_neg * (1 - y)))
+    loss = loss * w
+  return _reduce_loss(-loss, reduction)
