@@ -99,8 +99,9 @@ def _prepare(boxes, scores, valid):
   scores = jnp.asarray(scores)
   if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
     raise UserError(f"nms expects boxes [N, 4] and scores [N] (vmap for batches); got {boxes.shape} and {scores.shape}")
-  if not jnp.issubdtype(boxes.dtype, jnp.floating):
-    boxes = boxes.astype(jnp.float32)
+  # half-precision IoUs would flip decisions near the threshold; integers would truncate the division
+  boxes = boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32)) if jnp.issubdtype(boxes.dtype, jnp.floating) \
+      else boxes.astype(jnp.float32)
   valid = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
   order = jnp.argsort(-scores, stable=True)
   return boxes, order, valid

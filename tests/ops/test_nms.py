@@ -55,7 +55,7 @@ def test_nms_ties_follow_torchvision_order():
   np.testing.assert_array_equal(first(ops.nms(dup, same, 0.5)), [0, 3])
 
 
-@pytest.mark.parametrize("tile", [7, 64])
+@pytest.mark.parametrize("tile", [pytest.param(7, marks=pytest.mark.slow), 64])
 def test_nms_small_tiles_cross_tile_suppression(tile):
   boxes, scores = clustered_boxes(500, seed=3, clusters=6)
   want = tv_nms(boxes, scores, 0.4)
