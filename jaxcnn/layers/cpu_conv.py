@@ -28,6 +28,12 @@ same arithmetic (no approximation; only the summation order changes):
   convolutions keep XLA's forward and input gradient; the kernel gradient is
   computed per output phase (sub-pixel), one `weight_grad` per phase.
 
+Before any of them, `live_taps` drops the kernel taps that read only padding
+for every output pixel (an atrous 3x3 whose rate is at least the feature map's
+size, e.g. DeepLabV3's rate-36 ASPP branch on a 32x32 map, is exactly its
+centre tap: a 1x1 convolution, so a matmul). Their products are zeros and
+their kernel gradient is zero, which the slice's gradient gives back.
+
 Ahead of all of these, float32 convolutions other than pointwise ones go to
 oneDNN (the library PyTorch runs on CPU) through XLA FFI custom calls,
 `jaxcnn.layers.onednn`, for the forward and both gradients, when its extension
@@ -391,6 +397,37 @@ def _conv_bwd(strides, pads, rhs_dilation, feature_group_count, precision, prefe
 conv_fast_weight_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _live_tap_range(size, out, k, s, d, low):
+  """(first, last + 1) of the taps along one dim that meet a real input pixel for some output pixel.
+
+  Tap i reads input rows o * s + i * d - low, o < out; the taps that do form one run.
+  """
+  live = [i for i in range(k) if i * d - low <= size - 1 and (out - 1) * s + i * d - low >= 0]
+  return (live[0], live[-1] + 1) if live else (0, k)
+
+
+def live_taps(x_shape, w, strides, pads: Pads, rhs_dilation):
+  """(w, pads, rhs_dilation) without the kernel taps that read only padding; the same convolution."""
+  kernel, new_pads, dilation = [], [], []
+  for dim in range(2):
+    size, k, s, d = x_shape[1 + dim], w.shape[dim], strides[dim], rhs_dilation[dim]
+    low, high = pads[dim]
+    out = (size + low + high - (k - 1) * d - 1) // s + 1
+    first, stop = _live_tap_range(size, out, k, s, d, low) if out > 0 else (0, k)
+    new_k = stop - first
+    new_low = low - first * d
+    new_high = (out - 1) * s + (new_k - 1) * d + 1 - size - new_low
+    if new_low < 0 or new_high < 0:  # keep non-negative padding (oneDNN's and the rewrites' contract)
+      first, new_k, new_low, new_high = 0, k, low, high
+    kernel.append((first, first + new_k))
+    new_pads.append((new_low, new_high))
+    dilation.append(d if new_k > 1 else 1)
+  if kernel == [(0, w.shape[0]), (0, w.shape[1])]:
+    return w, pads, rhs_dilation
+  (h0, h1), (w0, w1) = kernel
+  return w[h0:h1, w0:w1], tuple(new_pads), tuple(dilation)
+
+
 def conv_nhwc(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_count=1, precision=None,
               preferred_element_type=None):
   """The CPU formulation of an NHWC/HWIO convolution with explicit padding (no input dilation).
@@ -398,9 +435,10 @@ def conv_nhwc(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_coun
   In mode 'onednn', when oneDNN takes these operands and its extension
   loads: every non-pointwise convolution (forward and both gradients) on
   oneDNN. Pointwise (1x1, patchify) convolutions stay matmuls. Everything
-  else: `conv_nhwc_xla`.
+  else: `conv_nhwc_xla`. Kernel taps that read only padding are dropped first (`live_taps`).
   """
   strides, rhs_dilation, pads = tuple(strides), tuple(rhs_dilation), tuple(map(tuple, pads))
+  w, pads, rhs_dilation = live_taps(x.shape, w, strides, pads, rhs_dilation)
   pointwise = feature_group_count == 1 and is_pointwise(w.shape[:2], strides, pads, rhs_dilation)
   if (mode() == "onednn" and not pointwise
       and onednn.supports(x, w, pads, feature_group_count, preferred_element_type) and onednn.available()):
