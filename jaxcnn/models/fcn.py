@@ -52,8 +52,16 @@ score_pool3 5,397, each 2x upsampling 21*21*4*4 = 7,056): fcn32s
 134,376,863; `learn_final_upsampling` adds 21*21*(2s)^2.
 `fcn_vgg16_variables(vgg16_variables)` turns `vgg16` classification weights
 into these models' backbone, fc6 and fc7 (the paper's convolutionalization).
+Fine-tuning reaches it through the registry hook `FCNVGG.adapt_pretrained`:
+`--config.finetune.weights=vgg16.pth --config.finetune.converter_name=vgg16`
+on fcn32s/16s/8s loads the backbone and fc6/fc7, and the score and upsampling
+layers keep their initialisation (zero scores, bilinear upsampling), as the
+paper starts; FCN-32s weights (a jaxcnn workdir) into FCN-16s, or FCN-16s into
+FCN-8s, keep the new skip layers' initialisation the same way (the paper's
+staged training).
 """
 import functools
+import logging
 from typing import Any, Dict, Optional
 
 import flax.linen as nn
@@ -64,6 +72,8 @@ from jaxcnn.errors import UserError, unknown
 from jaxcnn.layers import Conv, ConvTranspose, max_pool, resize_bilinear
 from jaxcnn.layers.aspp import FCNHead
 from jaxcnn.registry import create_model, list_models, register_model
+
+log = logging.getLogger("jaxcnn")
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -244,6 +254,31 @@ def fcn_vgg16_variables(vgg16_variables: dict) -> dict:
       "fc7": {"kernel": jnp.reshape(fc2["kernel"], (1, 1) + tuple(fc2["kernel"].shape)), "bias": fc2["bias"]},
   }}
 
+
+def adapt_pretrained(variables: dict, target: dict) -> dict:
+  """Fine-tuning hook of the FCN-VGG16s: `vgg16` or FCN-VGG weights brought to the target model's layout.
+
+  vgg16 classification weights (fc1/fc2/fc3, no `backbone`) become the backbone,
+  fc6 and fc7 (`fcn_vgg16_variables`). When the target is an FCN-VGG, its
+  top-level layers the weights lack (the score layers and upsamplings of a
+  vgg16 start, or FCN-16s/8s's skip layers from FCN-32s weights) are taken
+  from `target`, so they keep their initialisation, and listed in the log.
+  Anything else passes through unchanged (the loader's shape and name checks
+  still apply to it).
+  """
+  params, fresh = variables.get("params", {}), target.get("params", {})
+  if "fc1" in params and "backbone" not in params and "fc6" in fresh:
+    variables = {**variables, **fcn_vgg16_variables(variables)}
+    params = variables["params"]
+  if "score_fr" in fresh and "backbone" in params:
+    kept = sorted(k for k in fresh if k not in params)
+    if kept:
+      log.info("fine-tuning: kept their initialisation (absent from the weights): %s", ", ".join(kept))
+      variables = {**variables, "params": {**params, **{k: fresh[k] for k in kept}}}
+  return variables
+
+
+FCNVGG.adapt_pretrained = staticmethod(adapt_pretrained)
 
 register_model("fcn_resnet50", backbone_name="resnet50")(FCN)
 register_model("fcn_resnet101", backbone_name="resnet101")(FCN)
