@@ -62,16 +62,19 @@ def run_one(kind, model, shape, steps, warmup) -> dict:
 def compare(model, rounds, steps, warmup, kinds):
   shape = SHAPES[model]
   runs = {kind: [] for kind in kinds}
+  cpu_s = {kind: [] for kind in kinds}  # CPU seconds per step: less sensitive to other jobs than wall time
   for r in range(rounds):
     for kind in kinds:
       result = run_one(kind, model, shape, steps, warmup)
       runs[kind].append(result["images_per_s"])
+      cpu_s[kind].append(result.get("cpu_s_per_step"))
       print(f"  {model} round {r + 1}/{rounds} {kind:8s} {result['images_per_s']:9.2f} images/s "
-            f"(step median {result['step_ms_median']:.0f} ms)", file=sys.stderr, flush=True)
+            f"(step median {result['step_ms_median']:.0f} ms, {result.get('cpu_s_per_step')} CPU s)",
+            file=sys.stderr, flush=True)
   med = {kind: statistics.median(v) for kind, v in runs.items()}
   row = {"model": model, **shape, "rounds": rounds, "steps": steps,
          **{f"{kind}_images_per_s": round(med[kind], 2) for kind in kinds},
-         "runs": runs}
+         "runs": runs, "cpu_s_per_step": cpu_s}
   # Ratio of medians, and the median of per-round ratios (robust to load drifting between rounds).
   for kind in [k for k in kinds if k != "torch"]:
     row[f"ratio_{kind}_vs_torch"] = round(med[kind] / med["torch"], 3)
