@@ -148,6 +148,7 @@ def test_mobilenet_v3_output_strides(output_stride, high):
   assert features["high"].shape[1:] == high + (960,) and features["low"].shape[1:] == (8, 10, 40)
 
 
+@pytest.mark.slow  # an end-to-end learning run; the segmentation task's tests train through the trainer
 def test_learns_digit_masks():
   """A small DeepLabV3 (ResNet-18 backbone at output stride 8) fits per-pixel labels of one batch of digits."""
   import optax

@@ -100,6 +100,7 @@ def _compare(output_stride, height, width):
   return float(np.max(np.abs(np.asarray(out) - expected))), float(np.max(np.abs(expected)))
 
 
+@pytest.mark.slow  # the same code path as output stride 16, one more dilated block
 def test_os8_features_match_dilated_torchvision():
   diff, scale = _compare(8, 48, 64)
   print(f"densenet121 OS8: max |jax - torch| = {diff:.2e} (max |feature| {scale:.3f})")

@@ -99,6 +99,7 @@ def test_learned_2x_upsampling_starts_aligned():
   np.testing.assert_allclose(np.asarray(up[0, :, 3, 0])[inside], ((rows - 0.5) / 2)[inside], atol=1e-6)
 
 
+@pytest.mark.slow  # whole FCN-8s twice at a 65x81 input
 def test_fixed_and_learned_final_upsampling_agree_at_initialisation():
   from model_checks import random_variables
   learned = create_model("fcn8s", num_classes=3, learn_final_upsampling=True)

@@ -135,7 +135,7 @@ def test_aux_head_adds_its_weighted_loss():
   batch = {"image": jnp.ones((2, 32, 32, 1)), "segmentation": jnp.ones((2, 32, 32), jnp.int32)}
   variables = task.init(jax.random.key(0), batch)
   params = variables.pop("params")
-  loss, (_, metrics) = task.loss(params, variables, batch, jax.random.key(1))
+  loss, (_, metrics) = jax.jit(task.loss)(params, variables, batch, jax.random.key(1))
   np.testing.assert_allclose(loss, metrics["train/main_loss"] + 0.5 * metrics["train/aux_loss"], rtol=1e-6)
 
 
