@@ -79,7 +79,7 @@ def _run(config, workdir, devices, t_start):
                                   process_index=pid, process_count=nproc)
 
   # State: created directly with its final sharding; replaced by a checkpoint if there is one.
-  init_state = _state_initializer(task, tx, config, info)
+  init_state = _state_initializer(task, tx, config)
   base_key = jax.random.PRNGKey(int(config.train.seed))
   abstract = jax.eval_shape(init_state, base_key)
   shardings = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
@@ -89,7 +89,11 @@ def _run(config, workdir, devices, t_start):
                       best_mode=task.best_metric[1], use_async=bool(config.checkpoint.use_async))
   abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   # Resuming is refused before anything is written when the checkpoint belongs to another configuration.
-  restored = ckpt.restore(abstract_sharded, meta, start_fresh=bool(config.checkpoint.get("start_fresh", False)))
+  try:
+    restored = ckpt.restore(abstract_sharded, meta, start_fresh=bool(config.checkpoint.get("start_fresh", False)))
+  except BaseException:
+    ckpt.close(raise_errors=False)
+    raise
   if is_main:
     writers.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   if restored:
@@ -197,7 +201,7 @@ def _digest(items) -> str:
   return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
-def _state_initializer(task, tx, config, info):
+def _state_initializer(task, tx, config):
   spec = data_lib.element_spec(config.data, int(config.train.batch_size), jax.process_index(), jax.process_count())
   dummy = task.init_batch(spec)
   use_ema = float(config.train.ema_decay) > 0
