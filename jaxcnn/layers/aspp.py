@@ -27,29 +27,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.layers.conv import Conv
+from jaxcnn.layers.conv_norm import ConvBNAct
 
 # torch.nn.Conv2d's default kernel init: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-class ConvBNReLU(nn.Module):
-  """Bias-free conv (k x k, atrous `dilation`, 'same' padding for odd k) -> BN -> ReLU; submodules `conv`, `bn`."""
-  features: int
-  kernel_size: int = 1
-  dilation: int = 1
-  bn_axis_name: Optional[str] = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    k = self.kernel_size
-    x = Conv(self.features, (k, k), padding=self.dilation * (k - 1) // 2, kernel_dilation=self.dilation,
-             use_bias=False, kernel_init=torch_default_init, dtype=self.dtype, param_dtype=self.param_dtype,
-             name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=self.bn_axis_name,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x)
-    return nn.relu(x)
+def ConvBNReLU(features: int, kernel_size: int = 1, dilation: int = 1, **kwargs) -> ConvBNAct:
+  """torchvision's bias-free conv (atrous `dilation`, "same" padding) -> BN -> ReLU of its segmentation heads:
+  `ConvBNAct` with torch.nn.Conv2d's default kernel init and torch's BN settings (submodules `conv`, `bn`)."""
+  return ConvBNAct(features, kernel_size, dilation=dilation, activation=nn.relu, bn_momentum=0.9, bn_epsilon=1e-5,
+                   kernel_init=torch_default_init, **kwargs)
 
 
 class ASPP(nn.Module):

@@ -250,22 +250,6 @@ V3_ARCHS = {"large": (V3_LARGE, 1280), "small": (V3_SMALL, 1024)}
 V3_STEM = 16
 
 
-class DilatedConvBNAct(ConvBNAct):
-  """`ConvBNAct` whose convolution is dilated by `dilation`, padded by dilation * (k - 1) // 2 (same names)."""
-  dilation: int = 1
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    padding = self.dilation * (self.kernel_size - 1) // 2 if self.padding is None else self.padding
-    x = Conv(self.features, (self.kernel_size, self.kernel_size), self.strides, padding=padding,
-             kernel_dilation=self.dilation, feature_group_count=self.groups, use_bias=False,
-             kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="bn")(x)
-    return x if self.activation is None else self.activation(x)
-
-
 class HardSqueezeExcite(nn.Module):
   """x * hard_sigmoid(fc2(relu(fc1(mean_hw(x))))), the fcs 1x1 convs with bias (torchvision's v3 SE)."""
   squeeze_channels: int
@@ -290,7 +274,7 @@ class InvertedResidualV3(nn.Module):
   dilation: int
   use_se: bool
   activation: Any
-  unit: Any  # DilatedConvBNAct partial with dtypes and BN settings
+  unit: Any  # ConvBNAct partial with dtypes and BN settings
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -364,7 +348,7 @@ class MobileNetV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    unit = functools.partial(DilatedConvBNAct, bn_momentum=0.99, bn_epsilon=1e-3, bn_axis_name=self.bn_axis_name,
+    unit = functools.partial(ConvBNAct, bn_momentum=0.99, bn_epsilon=1e-3, bn_axis_name=self.bn_axis_name,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     x = unit(make_divisible(V3_STEM * self.width_mult, 8), 3, 2, activation=nn.hard_swish, name="stem")(x, train)
     features, stride = {"stem": x, "stage1": x}, 2
