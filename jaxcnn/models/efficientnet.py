@@ -44,7 +44,7 @@ from jaxcnn.errors import UserError
 from jaxcnn.layers import Conv, DropPath
 from jaxcnn.layers.conv_norm import ConvBNAct, conv_kaiming_fan_out
 from jaxcnn.layers.drop import check_rate
-from jaxcnn.models.mobilenet import make_divisible
+from jaxcnn.models.mobilenet import SqueezeExcite, make_divisible
 from jaxcnn.registry import register_model
 
 # B0 stages (paper Table 1): expansion, kernel, first stride, input channels, output channels, blocks.
@@ -53,22 +53,6 @@ B0_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (
 
 # torchvision's Linear init for EfficientNet: uniform(-1/sqrt(out), 1/sqrt(out)).
 classifier_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
-
-
-class SqueezeExcite(nn.Module):
-  """x * sigmoid(fc2(SiLU(fc1(mean_hw(x))))), with 1x1 convs (with bias) as the fcs."""
-  squeeze_channels: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(Conv, kernel_size=(1, 1), kernel_init=conv_kaiming_fan_out,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
-    scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-    scale = nn.silu(conv(self.squeeze_channels, name="fc1")(scale))
-    scale = nn.sigmoid(conv(x.shape[-1], name="fc2")(scale))
-    return x * scale
 
 
 class MBConv(nn.Module):
@@ -91,7 +75,8 @@ class MBConv(nn.Module):
       y = self.unit(expanded, 1, activation=nn.silu, name="expand")(y, train)
     y = self.unit(expanded, self.kernel_size, self.strides, groups=expanded, activation=nn.silu,
                   name="depthwise")(y, train)
-    y = SqueezeExcite(max(1, in_channels // 4), self.dtype, self.param_dtype, name="se")(y)
+    y = SqueezeExcite(max(1, in_channels // 4), activation=nn.silu, gate=nn.sigmoid, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="se")(y)
     y = self.unit(self.features, 1, activation=None, name="project")(y, train)
     if self.strides == 1 and in_channels == self.features:
       y = DropPath(self.drop_path_rate)(y, deterministic=not train) + x

@@ -250,9 +250,12 @@ V3_ARCHS = {"large": (V3_LARGE, 1280), "small": (V3_SMALL, 1024)}
 V3_STEM = 16
 
 
-class HardSqueezeExcite(nn.Module):
-  """x * hard_sigmoid(fc2(relu(fc1(mean_hw(x))))), the fcs 1x1 convs with bias (torchvision's v3 SE)."""
+class SqueezeExcite(nn.Module):
+  """x * gate(fc2(activation(fc1(mean_hw(x))))), the fcs 1x1 convs with bias: torchvision's SE of MobileNetV3
+  (ReLU, hard sigmoid) and, with SiLU and sigmoid, of EfficientNet."""
   squeeze_channels: int
+  activation: Any = nn.relu
+  gate: Any = nn.hard_sigmoid
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -261,8 +264,8 @@ class HardSqueezeExcite(nn.Module):
     conv = functools.partial(Conv, kernel_size=(1, 1), kernel_init=conv_kaiming_fan_out,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-    scale = nn.relu(conv(self.squeeze_channels, name="fc1")(scale))
-    return x * nn.hard_sigmoid(conv(x.shape[-1], name="fc2")(scale))
+    scale = self.activation(conv(self.squeeze_channels, name="fc1")(scale))
+    return x * self.gate(conv(x.shape[-1], name="fc2")(scale))
 
 
 class InvertedResidualV3(nn.Module):
@@ -286,8 +289,8 @@ class InvertedResidualV3(nn.Module):
     y = self.unit(self.expanded, self.kernel_size, strides, groups=self.expanded, activation=self.activation,
                   dilation=self.dilation, name="depthwise")(y, train)
     if self.use_se:
-      y = HardSqueezeExcite(make_divisible(self.expanded // 4, 8), self.unit.keywords["dtype"],
-                            self.unit.keywords["param_dtype"], name="se")(y)
+      y = SqueezeExcite(make_divisible(self.expanded // 4, 8), dtype=self.unit.keywords["dtype"],
+                        param_dtype=self.unit.keywords["param_dtype"], name="se")(y)
     y = self.unit(self.features, 1, activation=None, name="project")(y, train)
     if self.strides == 1 and x.shape[-1] == self.features:
       return x + y
