@@ -14,6 +14,9 @@ Datasets in the user's own files: `register_source(info, open_split)`, then
 2012 segmentation, `voc`) and `cityscapes` are registered on import. Segmentation:
 `digits_seg` (embedded canvases of digits, `canvas`), tfds `oxford_iiit_pet`
 (trimaps, `pets`); their batches carry 'segmentation' int32 [b, H, W] (see pipeline).
+Detection: `digits_det` (embedded), tfds `voc2007_det`, `voc2012_det`, `voc0712_det` (07+12 joined,
+`voc_det`) and `coco2017_det` (`coco`, with COCO's 80 <-> 91 label maps); their batches carry 'boxes',
+'boxes_valid', 'box_classes' and the dataset's flags padded to data.max_boxes (see `detection`, pipeline).
 
     spec = element_spec(cfg.data, global_batch_size=128)   # {field: jax.ShapeDtypeStruct} of a local train batch
 """
@@ -27,6 +30,8 @@ from jaxcnn.data import canvas as _canvas  # noqa: F401,E402  (registers digits_
 from jaxcnn.data import cityscapes as _cityscapes  # noqa: F401,E402  (registers cityscapes)
 from jaxcnn.data import pets as _pets  # noqa: F401,E402  (registers oxford_iiit_pet)
 from jaxcnn.data import voc as _voc  # noqa: F401,E402  (registers voc2012_seg)
+from jaxcnn.data import voc_det as _voc_det  # noqa: F401,E402  (registers voc2007_det, voc2012_det, voc0712_det)
+from jaxcnn.data import coco as _coco  # noqa: F401,E402  (registers coco2017_det)
 
 __all__ = [
     "ArraySource", "DataSpec", "DatasetInfo", "EvalBatches", "IndexedSource", "TfdsSource", "channel_stats",

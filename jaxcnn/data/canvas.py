@@ -35,9 +35,10 @@ generated on first use and kept in memory.
 their boxes instead of the mask: {'image': uint8 [64, 64, 1], 'boxes': float32
 [4, 4] tight ink boxes xyxy in pixels, 'boxes_valid': bool [4], 'box_classes':
 int32 [4] digit labels}, slots past a canvas's digits zero and invalid (a canvas
-has at most 4 digits). Geometric augmentation moves the boxes, clips them to
-the crop and clears 'boxes_valid' of boxes it leaves without area (see
-`geometry`); 'box_classes' keeps its slots.
+has at most 4 digits, so data.max_boxes defaults to 4 here). Geometric
+augmentation moves the boxes, clips them to the crop and clears 'boxes_valid'
+of boxes it leaves without area (see `geometry`); 'box_classes' keeps its
+slots. Batches also carry 'source_hw' (64, 64) like every dataset with boxes.
 """
 import functools
 from typing import Dict, Tuple
@@ -134,5 +135,6 @@ SEG_INFO = sources.DatasetInfo("digits_seg", 11, (CANVAS_SIZE, CANVAS_SIZE, 1), 
                                fields={"image": "image", "segmentation": "mask"}, class_names=CLASS_NAMES)
 sources.register_embedded(SEG_INFO, _digits_seg_arrays)
 DET_INFO = sources.DatasetInfo("digits_det", 10, (CANVAS_SIZE, CANVAS_SIZE, 1), True, "train", "test", None,
-                               fields={"image": "image", "boxes": "boxes"}, class_names=CLASS_NAMES[1:])
+                               fields={"image": "image", "boxes": "boxes", "box_classes": "box_class"},
+                               class_names=CLASS_NAMES[1:], max_boxes=DIGITS_PER_CANVAS[1])
 sources.register_embedded(DET_INFO, _digits_det_arrays)

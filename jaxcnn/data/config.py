@@ -10,6 +10,7 @@ from jaxcnn.data import autoaugment, sources, transforms
 from jaxcnn.errors import UserError
 
 NORMALIZATIONS = ("standard", "unit", "symmetric")
+RESIZES = ("fit", "stretch")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -25,8 +26,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       # Comma list, applied in the listed order: crop, flip, randaugment, autoaugment (uint8 image), then
       # erase (normalised image, so last). '' or 'none': no augmentation. E.g. 'crop,flip,randaugment,erase'.
       # scale_crop (first if used): StackGAN's upscale by scale_crop_ratio and random crop back.
-      # Datasets with masks or boxes: scale, crop, flip move every spatial field together (then erase);
-      # 'scale,crop,flip' is the DeepLab / torchvision segmentation recipe. See jaxcnn/data/geometry.py.
+      # Datasets with masks or boxes: scale, crop, flip, zoom_out, iou_crop (boxes only) move every spatial
+      # field together, photometric changes colours (then erase); 'scale,crop,flip' is the DeepLab /
+      # torchvision segmentation recipe, 'photometric,zoom_out,iou_crop,flip' SSD's. See jaxcnn/data/geometry.py.
       "augment": "",
       "crop_padding": 4,         # pixels padded on each side before the random crop
       "crop_pad_mode": "constant",  # constant (zeros) | reflect
@@ -42,6 +44,14 @@ def default_data_config() -> ml_collections.ConfigDict:
       "erase_mode": "pixel",     # pixel: N(0, 1) per pixel | rand: one N(0, 1) colour | const: zeros
       "scale_range": (0.5, 2.0),  # scale: random factor range (DeepLab: 0.5-2.0)
       "scale_base": 0,           # scale: 0 = factor of the image's own size; > 0: shorter side = base * factor
+      "zoom_out_range": (1.0, 4.0),  # zoom_out: canvas side / image side, drawn uniformly (SSD: up to 4)
+      # Datasets with masks or boxes, after augmentation and in eval: fit = resize keeping the aspect ratio to
+      # fit inside image_size, then pad bottom/right; stretch = resize to exactly image_size (SSD's 300 x 300).
+      "resize": "fit",
+      "resize_shorter": 0,       # fit: > 0 also limits the shorter side to this (image_size=1333, 800: Faster
+                                 # R-CNN / RetinaNet's min_size 800, max_size 1333, padded to 1333 x 1333)
+      "max_boxes": 0,            # box slots per example (0: the dataset's default: digits_det 4, VOC/COCO 100);
+                                 # an example with more boxes is an error
       "repeated_aug": 1,         # each drawn image appears this many times per global batch, augmented apart
       "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
       "data_dir": "",            # tfds: '' = default ($TFDS_DATA_DIR or ~/tensorflow_datasets); registered
@@ -73,6 +83,9 @@ class DataSpec:
   num_threads: int
   prefetch: int
   repeated_aug: int = 1    # copies of each drawn example per global batch (see pipeline's module doc)
+  resize: str = "fit"      # how spatial examples reach image_hw: fit | stretch
+  resize_shorter: int = 0  # fit: limit of the shorter side (0: none)
+  max_boxes: int = 0       # resolved box slots per example (0 for datasets without boxes)
 
   @property
   def name(self) -> str:
@@ -103,6 +116,10 @@ class DataSpec:
       return np.zeros(self.channels, np.float32), np.ones(self.channels, np.float32)
     if self.normalize == "symmetric":
       return np.full(self.channels, 0.5, np.float32), np.full(self.channels, 0.5, np.float32)
+    return self.dataset_mean_std()
+
+  def dataset_mean_std(self) -> Tuple[np.ndarray, np.ndarray]:
+    """The dataset's per-channel mean and std (in [0, 1] units) in the spec's channels, whatever `normalize`."""
     mean, std = sources.channel_stats(self.name, data_dir=self.data_dir or None, download=self.download,
                                       manual_dir=self.manual_dir or None)
     if len(mean) == self.channels:
@@ -149,6 +166,17 @@ def _range(cfg, key, low: float, high: float) -> Tuple[float, float]:
   return lo, hi
 
 
+def _zoom_out_range(cfg) -> Tuple[float, float]:
+  value = _get(cfg, "zoom_out_range")
+  try:
+    lo, hi = (float(v) for v in value)
+  except (TypeError, ValueError):
+    lo = hi = float("nan")
+  if not 1.0 <= lo <= hi <= 16.0:
+    raise UserError(f"data.zoom_out_range must be a pair (min, max) with 1 <= min <= max <= 16, got {value!r}")
+  return lo, hi
+
+
 def _image_hw(cfg, info) -> Tuple[int, int]:
   """data.image_size (0, S or (H, W)) as the resolved (H, W)."""
   value = _get(cfg, "image_size")
@@ -190,6 +218,7 @@ def _augment_options(data_cfg, image_hw: Tuple[int, int]) -> transforms.AugmentO
       erase_mode=erase_mode,
       scale_range=_range(data_cfg, "scale_range", 0.0, 16.0),
       scale_base=_int(data_cfg, "scale_base", 0),
+      zoom_out_range=_zoom_out_range(data_cfg),
   )
 
 
@@ -197,14 +226,20 @@ def _check_augment_for_fields(info: sources.DatasetInfo, augment: Tuple[str, ...
   """Image-only geometric ops would misalign masks and boxes; scale needs them."""
   if info.spatial:
     targets = ", ".join(f"'{n}' ({k})" for n, k in info.fields if k in sources.SPATIAL_TARGET_KINDS)
-    allowed = transforms.SPATIAL_AUGMENTATIONS + tuple(sorted(transforms.NORMALIZED_AUGMENTATIONS))
+    if "iou_crop" in augment and info.boxes_field is None:
+      raise UserError(f"data.augment={augment_spec!r}: iou_crop chooses crops by their overlap with boxes; "
+                      f"'{info.name}' has none (use crop)")
+    allowed = tuple(n for n in transforms.SPATIAL_AUGMENTATIONS if info.boxes_field or n != "iou_crop")
+    allowed += tuple(sorted(transforms.NORMALIZED_AUGMENTATIONS))
     for name in augment:
       if name not in allowed:
         raise UserError(f"data.augment={augment_spec!r}: {name} moves the image's pixels but not the {targets} of "
                         f"dataset '{info.name}'; allowed there: {', '.join(allowed)}")
-  elif "scale" in augment:
-    raise UserError(f"data.augment={augment_spec!r}: scale is for datasets with masks or boxes; '{info.name}' has "
-                    f"none (for classification use crop or scale_crop)")
+  else:
+    for name in transforms.SPATIAL_ONLY_AUGMENTATIONS:
+      if name in augment:
+        raise UserError(f"data.augment={augment_spec!r}: {name} is for datasets with masks or boxes; '{info.name}' "
+                        f"has none (for classification use crop or scale_crop)")
   if "scale_crop" in augment and image_hw[0] != image_hw[1]:
     raise UserError(f"data.augment={augment_spec!r}: scale_crop needs a square data.image_size, got {image_hw}")
 
@@ -239,6 +274,14 @@ def resolve(data_cfg) -> DataSpec:
   normalize = str(_get(data_cfg, "normalize"))
   if normalize not in NORMALIZATIONS:
     raise UserError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+  resize = str(_get(data_cfg, "resize"))
+  if resize not in RESIZES:
+    raise UserError(f"data.resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+  resize_shorter = _int(data_cfg, "resize_shorter", 0)
+  if resize_shorter and resize != "fit":
+    raise UserError(f"data.resize_shorter={resize_shorter} limits the shorter side of data.resize='fit'; with "
+                    f"data.resize={resize!r} set it to 0")
+  max_boxes = _int(data_cfg, "max_boxes", 0) or info.max_boxes
   return DataSpec(
       info=info, image_hw=image_hw, channels=channels,
       train_split=str(_get(data_cfg, "train_split") or info.train_split),
@@ -252,4 +295,7 @@ def resolve(data_cfg) -> DataSpec:
       num_threads=_int(data_cfg, "num_threads", 0),
       prefetch=_int(data_cfg, "prefetch", 0),
       repeated_aug=_int(data_cfg, "repeated_aug", 1),
+      resize=resize,
+      resize_shorter=resize_shorter,
+      max_boxes=max_boxes if info.boxes_field else 0,
   )

@@ -25,7 +25,23 @@ no loss or metric counts the padding; boxes do not move.
 
 Random transforms draw from the caller's `np.random.Generator` in this order
 and amount: `random_scale` one uniform, `random_crop` one pair of integers
-(after padding), `random_flip` one uniform (flip when < 0.5).
+(after padding), `random_flip` one uniform (flip when < 0.5), `zoom_out` and
+`iou_crop` as their docs say.
+
+Detection augmentations of SSD (Liu et al. 2016), with torchvision's
+references/detection RandomZoomOut and RandomIoUCrop as the model: `zoom_out`
+places the image on a canvas up to 4 times its size filled with the dataset
+mean (boxes shift with it, masks get the ignore label), `iou_crop` takes a
+crop whose overlap with some box reaches a randomly chosen minimum IoU and
+invalidates the boxes whose centres fall outside it. Neither removes or
+reorders slots: a box that leaves is marked invalid, so every per-box field
+(classes, flags) stays aligned with its box.
+
+Fixed-size outputs: `fit` (resize keeping the aspect ratio so that the image
+fits inside H x W, optionally with the shorter side limited as torchvision's
+GeneralizedRCNNTransform's min_size, then pad bottom/right) or `resize` to
+exactly H x W ignoring the aspect ratio (SSD's 300 x 300). `fitted_size` says
+what size `fit` resizes to, so boxes can be mapped back to the source image.
 """
 from typing import Dict, Mapping, Tuple
 
@@ -182,16 +198,130 @@ def random_flip(example: Example, kinds: Mapping[str, str], rng: np.random.Gener
   return flip(example, kinds) if rng.random() < 0.5 else example
 
 
-def fit(example: Example, kinds: Mapping[str, str], size, ignore_label: int) -> Example:
-  """Resized, keeping the aspect ratio, to fit inside `size`, then padded at the bottom/right to exactly `size`.
+def fitted_size(hw: Tuple[int, int], size, shorter: int = 0) -> Tuple[int, int]:
+  """The (h, w) that `fit` resizes an (h, w) image to before padding it to `size`.
 
-  The factor is min(H / h, W / w); the longer relative side fills the output, so only one of the two
-  sides is padded. An example already at `size` is returned as it is.
+  The factor is min(H / h, W / w), and with `shorter` > 0 also at most shorter / min(h, w) (torchvision's
+  min_size: with size = (1333, 1333) and shorter = 800, its 800 / 1333 rule).
   """
   out_h, out_w = transforms.hw(size)
-  h, w = size_of(example)
-  if (h, w) == (out_h, out_w):
-    return example
+  h, w = hw
   factor = min(out_h / h, out_w / w)
-  fitted = (min(out_h, max(1, int(round(h * factor)))), min(out_w, max(1, int(round(w * factor)))))
+  if shorter:
+    factor = min(factor, shorter / min(h, w))
+  return min(out_h, max(1, int(round(h * factor)))), min(out_w, max(1, int(round(w * factor))))
+
+
+def fit(example: Example, kinds: Mapping[str, str], size, ignore_label: int, shorter: int = 0) -> Example:
+  """Resized, keeping the aspect ratio, to `fitted_size`, then padded at the bottom/right to exactly `size`.
+
+  Without `shorter` the longer relative side fills the output, so only one of the two sides is padded.
+  An example already at `size` (and, with `shorter`, at its fitted size) is returned as it is.
+  """
+  out_h, out_w = transforms.hw(size)
+  hw = size_of(example)
+  fitted = fitted_size(hw, (out_h, out_w), shorter)
+  if hw == (out_h, out_w) and fitted == hw:
+    return example
   return pad(resize(example, kinds, fitted), kinds, (out_h, out_w), ignore_label)
+
+
+def place(example: Example, kinds: Mapping[str, str], top: int, left: int, canvas_hw, fill,
+          ignore_label: int) -> Example:
+  """The example pasted at (top, left) of a canvas: image filled with `fill` (per channel), masks with
+  `ignore_label`, boxes shifted by (left, top)."""
+  h, w = size_of(example)
+  canvas_h, canvas_w = canvas_hw
+  image = example["image"]
+  out = dict(example)
+  canvas = np.empty((canvas_h, canvas_w, image.shape[2]), image.dtype)
+  canvas[...] = np.broadcast_to(np.asarray(fill, image.dtype), (image.shape[2],))
+  canvas[top:top + h, left:left + w] = image
+  out["image"] = canvas
+  for name in _spatial(kinds, example, "mask"):
+    mask = np.full((canvas_h, canvas_w), ignore_label, example[name].dtype)
+    mask[top:top + h, left:left + w] = example[name]
+    out[name] = mask
+  for name in _spatial(kinds, example, "boxes"):
+    out[name] = (np.asarray(example[name], np.float32) + np.array([left, top, left, top], np.float32))
+  return out
+
+
+def zoom_out(example: Example, kinds: Mapping[str, str], rng: np.random.Generator, fill, ignore_label: int,
+             side_range: Tuple[float, float] = (1.0, 4.0), p: float = 0.5) -> Example:
+  """SSD's zoom out (torchvision's RandomZoomOut): with probability p, the image on a canvas r times its size.
+
+  Draws: one uniform u (zoom when u < p); then r = side_range[0] + U * (side_range[1] - side_range[0]), the
+  canvas int(w * r) x int(h * r), and two uniforms (a, b) placing the image at left = int((W - w) * a),
+  top = int((H - h) * b). The canvas is filled with `fill` (the dataset mean, in uint8), masks with the
+  ignore label; boxes shift with the image.
+  """
+  if rng.random() >= p:
+    return example
+  h, w = size_of(example)
+  r = side_range[0] + rng.random() * (side_range[1] - side_range[0])
+  canvas_w, canvas_h = int(w * r), int(h * r)
+  a, b = rng.random(2)
+  left, top = int((canvas_w - w) * a), int((canvas_h - h) * b)
+  return place(example, kinds, top, left, (canvas_h, canvas_w), fill, ignore_label)
+
+
+IOU_CROP_OPTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)   # minimum IoUs; 1.0: leave the example as it is
+IOU_CROP_MAX_ROUNDS = 1000
+
+
+def box_iou(boxes: np.ndarray, box) -> np.ndarray:
+  """IoU of every xyxy box [N, 4] with one box."""
+  boxes = np.asarray(boxes, np.float64)
+  x1, y1, x2, y2 = (float(v) for v in box)
+  iw = np.clip(np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1), 0, None)
+  ih = np.clip(np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1), 0, None)
+  inter = iw * ih
+  areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  return inter / (areas + (x2 - x1) * (y2 - y1) - inter)
+
+
+def iou_crop(example: Example, kinds: Mapping[str, str], rng: np.random.Generator,
+             scale: Tuple[float, float] = (0.3, 1.0), aspect: Tuple[float, float] = (0.5, 2.0),
+             options: Tuple[float, ...] = IOU_CROP_OPTIONS, trials: int = 40) -> Example:
+  """SSD's minimum-IoU random crop (torchvision's RandomIoUCrop), on the valid boxes of the first boxes field.
+
+  Each round draws a minimum IoU from `options` (an integer index); 1.0 leaves the example as it is.
+  Otherwise up to `trials` candidates, each: two uniforms giving the crop's w = int(W * s0), h = int(H * s1)
+  with s = scale[0] + (scale[1] - scale[0]) * U (rejected unless aspect[0] <= w / h <= aspect[1]), two
+  uniforms giving left = int((W - w) * a), top = int((H - h) * b), rejected unless some valid box has its
+  centre strictly inside the crop and one of those boxes has IoU >= the minimum with the crop. The first
+  accepted crop is taken: boxes shifted and clipped to it, those whose centres fall outside invalidated.
+  When every trial fails a new round starts. An example without valid boxes is left as it is (torchvision
+  loops until it draws 1.0, which leaves it as it is too); so is one after IOU_CROP_MAX_ROUNDS rounds,
+  which never happens in practice (each round ends the search with probability 1/7).
+  """
+  names = _spatial(kinds, example, "boxes")
+  valid = np.zeros(0, bool)
+  boxes = np.zeros((0, 4), np.float32)
+  if names:
+    boxes = np.asarray(example[names[0]], np.float32)
+    valid = np.asarray(_valid(example, names[0]), bool)
+  if not valid.any():
+    return example
+  h, w = size_of(example)
+  cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
+  for _ in range(IOU_CROP_MAX_ROUNDS):
+    min_iou = options[int(rng.integers(len(options)))]
+    if min_iou >= 1.0:
+      return example
+    for _ in range(trials):
+      s = scale[0] + (scale[1] - scale[0]) * rng.random(2)
+      new_w, new_h = int(w * s[0]), int(h * s[1])
+      if not new_w or not new_h or not aspect[0] <= new_w / new_h <= aspect[1]:
+        continue
+      a, b = rng.random(2)
+      left, top = int((w - new_w) * a), int((h - new_h) * b)
+      right, bottom = left + new_w, top + new_h
+      inside = valid & (left < cx) & (cx < right) & (top < cy) & (cy < bottom)
+      if not inside.any() or box_iou(boxes[inside], (left, top, right, bottom)).max() < min_iou:
+        continue
+      out = crop(example, kinds, top, left, (new_h, new_w))
+      out[names[0] + "_valid"] = _valid(out, names[0]) & inside   # added when the example had none
+      return out
+  return example

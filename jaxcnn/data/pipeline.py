@@ -72,11 +72,13 @@ import grain
 import numpy as np
 
 from jaxcnn.data import config as config_lib
-from jaxcnn.data import geometry, sources, transforms
+from jaxcnn.data import detection, geometry, sources, transforms
 from jaxcnn.errors import UserError
 
 # Steps a training iterator can run: far beyond any training, small enough for grain's index arithmetic.
 _ENDLESS_BATCHES = 2**40
+# Batches of datasets with boxes carry the source image's (height, width) under this name.
+SOURCE_HW = "source_hw"
 
 
 def local_batch_size(global_batch_size, process_index: int, process_count: int) -> int:
@@ -137,6 +139,7 @@ class _Examples:
     self.class_fields = [n for n, k in self.kinds.items() if k == "class"]
     self.mask_fields = [n for n, k in self.kinds.items() if k == "mask"]
     self.box_fields = [n for n, k in self.kinds.items() if k == "boxes"]
+    self.per_box = {n: k for n, k in self.kinds.items() if k in sources.PER_BOX_KINDS}
     self.source = _resized_source(spec, split)
     self.needs_resize = not spec.spatial and not isinstance(self.source, sources.ArraySource)
     # A leading scale_crop crops the output from a larger image: read it at that size (one resampling).
@@ -144,14 +147,20 @@ class _Examples:
     if train and spec.augment[:1] == ("scale_crop",):
       self.read_size = spec.augment_options.scale_crop_load
     field_specs = sources.extra_field_specs(self.source)
-    self.extra_fields = {k: v for k, v in field_specs.items() if k not in self.kinds}
+    made_here = {f"{n}_valid" for n in self.box_fields} | ({SOURCE_HW} if self.box_fields else set())
+    self.extra_fields = {k: v for k, v in field_specs.items() if k not in self.kinds and k not in made_here}
+    m = spec.max_boxes
     self.box_specs = {}
     for name in self.box_fields:
-      if name not in field_specs or len(field_specs[name][0]) != 2 or field_specs[name][0][1] != 4:
-        raise UserError(f"boxes field '{name}' of dataset '{spec.name}' must have one shape [max_boxes, 4] in every "
-                        f"example (pad with jaxcnn.data.geometry.pad_boxes), got {field_specs.get(name)}")
-      self.box_specs[name] = (field_specs[name][0], np.dtype(np.float32))
+      self.box_specs[name] = ((m, 4), np.dtype(np.float32))
+      self.box_specs[f"{name}_valid"] = ((m,), np.dtype(np.bool_))
+    for name, kind in self.per_box.items():
+      self.box_specs[name] = ((m,), np.dtype(detection.PER_BOX_DTYPES[kind]))
+    if self.box_fields:
+      self.box_specs[SOURCE_HW] = ((2,), np.dtype(np.int32))
+    self.dropped = detection.DroppedBoxes(spec.name)
     self._mean_std = None
+    self._fill = None
 
   def __len__(self) -> int:
     return len(self.source)
@@ -161,6 +170,15 @@ class _Examples:
     if self._mean_std is None:
       self._mean_std = self.spec.mean_std()
     return self._mean_std
+
+  @property
+  def fill(self) -> np.ndarray:
+    """zoom_out's canvas colour: the dataset's mean in uint8, per channel (torchvision's SSD recipe fills with
+    ImageNet's mean, which the VOC and COCO datasets here use as theirs)."""
+    if self._fill is None:
+      mean = self.spec.dataset_mean_std()[0]
+      self._fill = np.clip(np.rint(np.asarray(mean, np.float64) * 255), 0, 255).astype(np.uint8)
+    return self._fill
 
   def _what(self, index: int) -> str:
     return f"{sources.describe_example(self.source, index)} (dataset '{self.spec.name}')"
@@ -176,8 +194,17 @@ class _Examples:
       out[name] = example[name]
     for name in self.mask_fields:
       out[name] = self._checked_mask(example[name], image.shape[:2], name, index)
-    for name in self.box_fields:
-      out[name] = self._checked(example[name], name, self.box_specs[name], index)
+    for i, name in enumerate(self.box_fields):
+      per_box = self.per_box if i == 0 else {}
+      missing = [n for n in per_box if n not in example]
+      if missing:
+        raise UserError(f"{self._what(index)} lacks the per-box field(s) {missing} that the dataset declares")
+      out[name], out[f"{name}_valid"], columns = detection.enter_boxes(
+          example[name], example.get(f"{name}_valid"), {n: (k, example[n]) for n, k in per_box.items()},
+          image.shape[:2], self.spec.info.num_classes, self.spec.max_boxes, self._what(index), self.dropped)
+      out.update(columns)
+    if self.box_fields:
+      out[SOURCE_HW] = np.array(image.shape[:2], np.int32)
     for name, field_spec in self.extra_fields.items():
       out[name] = self._checked(example[name], name, field_spec, index)
     return out
@@ -221,14 +248,29 @@ class _Examples:
         example = geometry.random_scale(example, self.kinds, rng, options.scale_range, options.scale_base)
       elif name == "crop":
         example = geometry.random_crop(example, self.kinds, rng, self.spec.image_hw, ignore)
-      else:
+      elif name == "flip":
         example = geometry.random_flip(example, self.kinds, rng)
+      elif name == "zoom_out":
+        example = geometry.zoom_out(example, self.kinds, rng, self.fill, ignore, options.zoom_out_range)
+      elif name == "iou_crop":
+        example = geometry.iou_crop(example, self.kinds, rng)
+      elif name == "photometric":
+        example = {**example, "image": transforms.photometric_distort(example["image"], rng)}
+      else:
+        raise ValueError(f"no geometric augmentation '{name}'")   # config.resolve admits only the above
     return example
 
   def finish(self, example: dict) -> dict:
     """The batch element: spatial examples fitted into the output size first (identity if they are at it)."""
-    if self.spec.spatial:
-      example = geometry.fit(example, self.kinds, self.spec.image_hw, self.spec.info.ignore_label)
+    if self.spec.spatial and self.spec.resize == "stretch":
+      example = geometry.resize(example, self.kinds, self.spec.image_hw)
+    elif self.spec.spatial:
+      example = geometry.fit(example, self.kinds, self.spec.image_hw, self.spec.info.ignore_label,
+                             self.spec.resize_shorter)
+    if self.box_fields:   # float rounding of the resize must not put a box edge past the image
+      h, w = self.spec.image_hw
+      example = {**example, **{n: np.clip(example[n], 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
+                               for n in self.box_fields}}
     mean, std = self.mean_std
     out = {"image": transforms.normalize(example["image"], mean, std)}
     for name, value in example.items():

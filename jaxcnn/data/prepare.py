@@ -1,6 +1,7 @@
 """Getting a TensorFlow Datasets dataset onto disk as ArrayRecord, without TensorFlow.
 
     python -m jaxcnn.data.prepare cifar10 [--data_dir DIR] [--manual_dir DIR]
+    python -m jaxcnn.data.prepare voc0712_det     # a joined dataset: each tfds dataset it reads
 
 tfds 4.9.10 downloads with `requests` and writes ArrayRecord without
 TensorFlow, but four steps on the way still call TensorFlow: the archive
@@ -8,7 +9,8 @@ extractor (`tf.compat.as_text`, `tf.io.gfile.GFile`), the builders' raw-file
 readers (cifar, mnist and svhn open files with `tf.io.gfile.GFile`; oxford_iiit_pet
 decodes and re-encodes a few corrupt JPEGs with `tf.image.decode_image` and
 `tf.io.encode_jpeg`), the downloader's non-HTTP copy (`tf.io.gfile.copy`), and
-the Image feature, which encodes numpy images to PNG with `tf.image.encode_png`. When TensorFlow is not
+the Image feature, which encodes numpy images to PNG with `tf.image.encode_png`; coco's feature spec also
+names `tf.int64`, so even constructing its builder to read it needs a stand-in. When TensorFlow is not
 installed, `without_tensorflow` stands in for exactly these calls (files through
 etils.epath, PNG/JPEG through PIL, lossless for PNG) while a dataset is being
 prepared, and puts everything back afterwards. With TensorFlow installed, tfds
@@ -46,15 +48,16 @@ def tfds_data_source(info, split: str, *, data_dir: Optional[str], download: boo
                      manual_dir: Optional[str]):
   """`tfds.data_source` of a prepared dataset, preparing it first when allowed and possible."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
+  with builder_code_without_tensorflow(info.tfds_name):
+    try:
+      return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
+    except Exception as err:  # pylint: disable=broad-except  (tfds signals "not prepared" in several ways)
+      first_error = err
+    builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+    if builder.is_prepared():
+      _explain_prepared_failure(info, split, builder, first_error)
+    _prepare_if_possible(info, builder, download=download, manual_dir=manual_dir)
     return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
-  except Exception as err:  # pylint: disable=broad-except  (tfds signals "not prepared" in several ways)
-    first_error = err
-  builder = tfds.builder(info.tfds_name, data_dir=data_dir)
-  if builder.is_prepared():
-    _explain_prepared_failure(info, split, builder, first_error)
-  _prepare_if_possible(info, builder, download=download, manual_dir=manual_dir)
-  return tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
 
 
 def _prepare_if_possible(info, builder, *, download: bool, manual_dir: Optional[str]) -> None:
@@ -168,10 +171,25 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
   info = dataset_info(name)
   if info.embedded:
     raise UserError(f"dataset '{name}' is embedded and needs no preparation")
-  builder = tfds.builder(info.tfds_name, data_dir=data_dir or None)
-  if not builder.is_prepared():
-    _prepare_if_possible(info, builder, download=True, manual_dir=manual_dir)
+  if not info.tfds_name:
+    raise UserError(f"dataset '{name}' is not a tfds dataset; prepare "
+                    f"{' and '.join(joined_tfds_names(name)) or 'the files its module names'} instead")
+  with builder_code_without_tensorflow(info.tfds_name):
+    builder = tfds.builder(info.tfds_name, data_dir=data_dir or None)
+    if not builder.is_prepared():
+      _prepare_if_possible(info, builder, download=True, manual_dir=manual_dir)
   return builder
+
+
+def joined_tfds_names(name: str) -> List[str]:
+  """The tfds datasets of ours that a joined dataset (`sources.register_joined`) reads, in order."""
+  from jaxcnn.data.sources import dataset_info, joined_parts  # pylint: disable=g-import-not-at-top
+  names = []
+  for parts in joined_parts(name).values():
+    for part, _ in parts:
+      if dataset_info(part).tfds_name and part not in names:
+        names.append(part)
+  return names
 
 
 class _StandIn(types.SimpleNamespace):
@@ -238,6 +256,7 @@ TF_STAND_IN = _StandIn(
                 encode_jpeg=_encode_jpeg),
     image=_StandIn("tf.image", decode_image=_decode_image),   # oxford_iiit_pet re-encodes a few corrupt JPEGs
     shape=np.shape,
+    int64=np.int64,          # coco's feature spec names tf.int64 (needed to construct the builder at all)
     compat=_StandIn("tf.compat", as_text=_as_text),
     errors=_StandIn("tf.errors", UnimplementedError=_NeverRaised),
 )
@@ -273,6 +292,25 @@ def tensorflow_installed() -> bool:
 
 
 @contextlib.contextmanager
+def builder_code_without_tensorflow(tfds_name: str):
+  """While the builder of `tfds_name` ('coco/2017') is constructed and read: its module's `tf` served by
+  TF_STAND_IN when TensorFlow is absent (coco's feature spec names tf.int64); tfds core keeps failing loudly."""
+  if tensorflow_installed():
+    yield
+    return
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.utils import lazy_imports_utils  # pylint: disable=g-import-not-at-top
+  try:
+    module = sys.modules[tfds.builder_cls(tfds_name.split("/")[0].split(":")[0]).__module__]
+  except Exception:  # pylint: disable=broad-except  (an unknown name: tfds.data_source says so itself)
+    module = None
+  with contextlib.ExitStack() as stack:
+    if module is not None and getattr(module, "tf", None) is lazy_imports_utils.tensorflow:
+      stack.enter_context(_replaced(module, "tf", TF_STAND_IN))
+    yield
+
+
+@contextlib.contextmanager
 def without_tensorflow(builder):
   """While preparing `builder`: the TF calls tfds makes are served without TF (no-op when TF is installed)."""
   if tensorflow_installed():
@@ -303,12 +341,14 @@ def main(argv=None) -> int:
   parser.add_argument("--manual_dir", default="", help="folder with the already downloaded archives")
   args = parser.parse_args(argv)
   try:
-    builder = prepare(args.name, data_dir=args.data_dir or None, manual_dir=args.manual_dir or None)
+    names = joined_tfds_names(args.name) or [args.name]
+    for name in names:
+      builder = prepare(name, data_dir=args.data_dir or None, manual_dir=args.manual_dir or None)
+      sizes = ", ".join(f"{k}: {v.num_examples}" for k, v in sorted(builder.info.splits.items()))
+      print(f"{name} is prepared under {builder.data_dir} ({sizes})")
   except UserError as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
-  sizes = ", ".join(f"{k}: {v.num_examples}" for k, v in sorted(builder.info.splits.items()))
-  print(f"{args.name} is prepared under {builder.data_dir} ({sizes})")
   return 0
 
 

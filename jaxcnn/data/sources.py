@@ -3,8 +3,8 @@
 A source is anything with `len(src)` and `src[i] -> {'image': uint8 [H, W, C], 'label': int, ...}`
 (grain's random-access protocol). Which fields the pipeline transforms, and
 how, is declared by the dataset's `DatasetInfo.fields` ({name: kind}; kinds
-image, mask, boxes, class; default image + a 'label' class, so 'label' is
-there only when declared). Besides the declared fields an example may carry
+image, mask, boxes, class, and the per-box kinds box_class and box_flag;
+default image + a 'label' class, so 'label' is there only when declared). Besides the declared fields an example may carry
 extra fields of fixed shape and dtype (e.g. a text `embedding`); the pipeline
 passes them through to the batches unchanged. A source names them in
 `extra_fields` ({name: (shape, dtype)}), or they are read off its first
@@ -39,8 +39,13 @@ registered the same way.
 All other datasets are TensorFlow Datasets, read through `tfds.data_source`
 (ArrayRecord, no TensorFlow needed); see `jaxcnn.data.prepare` for how they get
 prepared. Those whose examples are not (image, label), such as
-`oxford_iiit_pet`'s trimaps (`jaxcnn.data.pets`), are added with
-`register_tfds_dataset(info, convert)`.
+`oxford_iiit_pet`'s trimaps (`jaxcnn.data.pets`) and the detection datasets
+`voc2007_det`, `voc2012_det` (`jaxcnn.data.voc_det`) and `coco2017_det`
+(`jaxcnn.data.coco`), are added with `register_tfds_dataset(info, convert)`.
+
+A joined dataset's splits are concatenations of other datasets' splits
+(`register_joined`): `voc0712_det`'s 'trainval' is VOC 2007 trainval followed
+by VOC 2012 trainval, the training set of the SSD and YOLO papers.
 """
 import dataclasses
 import functools
@@ -55,8 +60,11 @@ from jaxcnn.errors import UserError, unknown
 
 
 # Kinds of example fields (`DatasetInfo.fields`); what the pipeline does with each is in pipeline.py's doc.
-FIELD_KINDS = ("image", "mask", "boxes", "class")
+FIELD_KINDS = ("image", "mask", "boxes", "class", "box_class", "box_flag")
 SPATIAL_TARGET_KINDS = ("mask", "boxes")
+# One value per box of the dataset's boxes field, in the same slots: a class (int32, 0..num_classes-1) or a flag
+# (bool, e.g. COCO's is_crowd, VOC's difficult). Geometry never reorders slots, so they stay aligned.
+PER_BOX_KINDS = ("box_class", "box_flag")
 CLASSIFICATION_FIELDS = (("image", "image"), ("label", "class"))
 
 
@@ -69,10 +77,13 @@ class DatasetInfo:
   hashable): 'image' (uint8 [H, W, C]; the field named 'image' is the only
   one), 'mask' (integer label map [H, W]: classes 0..num_classes-1 or
   `ignore_label`), 'boxes' (float [N, 4] xyxy in pixels, with an optional
-  bool [N] validity field named '<name>_valid'), 'class' (an int label). Other
-  fields an example carries pass through unchanged (see `extra_field_specs`).
-  `num_classes` counts the classes of the dataset's target: labels for
-  classification, mask values (background included) for segmentation.
+  bool [N] validity field named '<name>_valid'; N may differ between
+  examples: the pipeline pads to data.max_boxes), 'class' (an int label),
+  'box_class' / 'box_flag' ([N] per box of the one boxes field: an int class /
+  a bool). Other fields an example carries pass through unchanged (see
+  `extra_field_specs`). `num_classes` counts the classes of the dataset's
+  target: labels for classification, mask values (background included) for
+  segmentation, object classes (no background) for detection.
   """
   name: str
   num_classes: int
@@ -85,6 +96,7 @@ class DatasetInfo:
   fields: Any = CLASSIFICATION_FIELDS           # ((name, kind), ...) or {name: kind}
   ignore_label: int = 255                       # mask value that no loss or metric counts
   class_names: Tuple[str, ...] = ()             # optional, num_classes names
+  max_boxes: int = 100                          # boxes slots per example when data.max_boxes is 0
 
   def __post_init__(self):
     pairs = tuple((str(k), str(v)) for k, v in (self.fields.items() if isinstance(self.fields, dict)
@@ -97,6 +109,9 @@ class DatasetInfo:
     unknown_kinds = sorted(set(kinds.values()) - set(FIELD_KINDS))
     if unknown_kinds:
       raise ValueError(f"dataset '{self.name}': unknown field kind(s) {unknown_kinds}; allowed: {FIELD_KINDS}")
+    boxes = [k for k, v in pairs if v == "boxes"]
+    if any(v in PER_BOX_KINDS for _, v in pairs) and len(boxes) != 1:
+      raise ValueError(f"dataset '{self.name}': per-box fields need exactly one boxes field, got fields {pairs}")
     if self.class_names and len(self.class_names) != self.num_classes:
       raise ValueError(f"dataset '{self.name}': {len(self.class_names)} class names for {self.num_classes} classes")
 
@@ -104,6 +119,11 @@ class DatasetInfo:
   def field_kinds(self) -> Dict[str, str]:
     """{field name: kind} of the declared fields."""
     return dict(self.fields)
+
+  @property
+  def boxes_field(self) -> Optional[str]:
+    """The name of the (first) boxes field, or None."""
+    return next((k for k, v in self.fields if v == "boxes"), None)
 
   @property
   def spatial(self) -> bool:
@@ -136,6 +156,9 @@ DIGITS_TEST_PER_CLASS = 36
 
 # tfds datasets whose examples are not (image, label): name -> convert(tfds example, index) -> example.
 _TFDS_CONVERTERS: Dict[str, Callable[[dict, int], dict]] = {}
+
+# Joined datasets: name -> {split: ((dataset name, split), ...)} read one after the other.
+_JOINED: Dict[str, Dict[str, Tuple[Tuple[str, str], ...]]] = {}
 
 # Registered datasets: name -> open_split(split name, data_dir) -> source.
 SplitOpener = Callable[[str, str], Any]
@@ -188,6 +211,28 @@ def register_tfds_dataset(info: DatasetInfo, convert: Callable[[dict, int], dict
     _TFDS_CONVERTERS[info.name] = convert
     if stats is not None:
       _KNOWN_STATS[info.name] = stats
+
+
+def register_joined(info: DatasetInfo, parts: Dict[str, Tuple[Tuple[str, str], ...]], *,
+                    stats: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None) -> None:
+  """A dataset whose split s is the examples of `parts[s]` = ((dataset, split), ...), in that order.
+
+  The parts are read with the same data_dir / download / manual_dir, must have
+  the joined dataset's fields, and keep their own example names in errors.
+  """
+  if info.embedded or info.tfds_name is not None or set(parts) != set(info.splits):
+    raise ValueError(f"a joined dataset needs embedded=False, tfds_name=None and parts for exactly its splits "
+                     f"{info.splits}, got {info} with parts for {sorted(parts)}")
+  with _REGISTRY_LOCK:
+    _INFOS[info.name] = info
+    _JOINED[info.name] = {k: tuple(tuple(p) for p in v) for k, v in parts.items()}
+    if stats is not None:
+      _KNOWN_STATS[info.name] = stats
+
+
+def joined_parts(name: str) -> Dict[str, Tuple[Tuple[str, str], ...]]:
+  """{split: ((dataset, split), ...)} of a joined dataset; {} for the others."""
+  return dict(_JOINED.get(name, {}))
 
 
 def registered_names() -> list:
@@ -300,6 +345,10 @@ def get_source(name: str, split: str, *, data_dir: Optional[str] = None, downloa
     source = _embedded_source(info, split)
   elif info.name in _OPENERS:
     source = _registered_source(info, split, data_dir or "")
+  elif info.name in _JOINED:
+    source = _sliced_source(info, split, lambda part: IndexedSource(
+        [(s, range(len(s))) for s in (get_source(n, p, data_dir=data_dir, download=download, manual_dir=manual_dir)
+                                      for n, p in _JOINED[info.name][part])], name=f"{name}:{part}"))
   else:
     from jaxcnn.data import prepare  # pylint: disable=g-import-not-at-top  (keeps tfds off the digits path)
     data_source = prepare.tfds_data_source(info, split, data_dir=data_dir or None, download=download,
@@ -371,11 +420,16 @@ def _split_parts(split: str):
 
 def _registered_source(info: DatasetInfo, split: str, data_dir: str):
   """A registered dataset's split, tfds-style slicing resolved into an index map over the opened splits."""
+  return _sliced_source(info, split, lambda part: _open_registered(info.name, part, data_dir))
+
+
+def _sliced_source(info: DatasetInfo, split: str, open_part: Callable[[str], Any]):
+  """`split` ('a', 'a[:10]+b', ...) over whole splits `open_part(name)`: the part itself or an IndexedSource."""
   names = _split_parts(split)
   if len(names) == 1 and split.strip() == names[0]:
-    return _open_registered(info.name, names[0], data_dir)
+    return open_part(names[0])
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  opened = {n: _open_registered(info.name, n, data_dir) for n in names}
+  opened = {n: open_part(n) for n in names}
   sizes = {n: types.SimpleNamespace(num_examples=len(s)) for n, s in opened.items()}
   try:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)

@@ -12,6 +12,9 @@ them, on the uint8 image, except those in `NORMALIZED_AUGMENTATIONS` (random
 erasing), which act on the normalised float32 image and so must come last in
 the list. A typical CIFAR recipe: 'crop,flip,randaugment,erase'. `scale_crop`
 (StackGAN's resize to 76/64 of the size and random crop back) must come first.
+`photometric` is SSD's colour distortion (`photometric_distort`), usable on
+every dataset; SSD's detection recipe is 'photometric,zoom_out,iou_crop,flip'
+(the geometric ones are in `geometry`).
 Batch-level mixing (Mixup/CutMix) acts after batching, on device, and is not
 part of this per-example table.
 """
@@ -162,6 +165,102 @@ def random_erase(image: np.ndarray, rng: np.random.Generator, prob: float = 0.5,
   return out
 
 
+# SSD's photometric distortion with torchvision's references/detection RandomPhotometricDistort defaults.
+PHOTOMETRIC_BRIGHTNESS = (0.875, 1.125)
+PHOTOMETRIC_CONTRAST = (0.5, 1.5)
+PHOTOMETRIC_SATURATION = (0.5, 1.5)
+PHOTOMETRIC_HUE = (-0.05, 0.05)
+
+
+def _blend(image: np.ndarray, other, ratio: float) -> np.ndarray:
+  """ratio * image + (1 - ratio) * other in float32, clipped to 0..255 and truncated to uint8 (torchvision's
+  tensor kernels on uint8 images)."""
+  out = np.float32(ratio) * image.astype(np.float32) + np.float32(1.0 - ratio) * np.asarray(other, np.float32)
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def grayscale(image: np.ndarray) -> np.ndarray:
+  """[H, W, 1] uint8 luma of an RGB image as torchvision's tensor rgb_to_grayscale computes it (truncated);
+  a 1-channel image as it is."""
+  if image.shape[2] == 1:
+    return image
+  rgb = image.astype(np.float32)
+  gray = np.float32(0.2989) * rgb[..., 0] + np.float32(0.587) * rgb[..., 1] + np.float32(0.114) * rgb[..., 2]
+  return gray.astype(np.uint8)[..., None]
+
+
+def adjust_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+  return _blend(image, 0.0, factor)
+
+
+def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+  """Blend with the mean luma (the mean of a 1-channel image)."""
+  return _blend(image, grayscale(image).astype(np.float32).mean(dtype=np.float32), factor)
+
+
+def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+  """Blend with the luma image; 1-channel images are returned as they are (as torchvision and PIL do)."""
+  if image.shape[2] == 1:
+    return image
+  return _blend(image, grayscale(image), factor)
+
+
+def adjust_hue(image: np.ndarray, factor: float) -> np.ndarray:
+  """Hue shifted by `factor` turns (HSV in float32 as torchvision's tensor kernel; 1-channel images unchanged)."""
+  if image.shape[2] == 1:
+    return image
+  rgb = image.astype(np.float32) / np.float32(255)
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  maxc, minc = rgb.max(-1), rgb.min(-1)
+  equal = maxc == minc
+  chroma = maxc - minc
+  ones = np.ones_like(maxc)
+  s = chroma / np.where(equal, ones, maxc)
+  divisor = np.where(equal, ones, chroma)
+  rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+  hr = (maxc == r) * (bc - gc)
+  hg = ((maxc == g) & (maxc != r)) * (np.float32(2.0) + rc - bc)
+  hb = ((maxc != g) & (maxc != r)) * (np.float32(4.0) + gc - rc)
+  h = np.fmod((hr + hg + hb) / np.float32(6.0) + np.float32(1.0), np.float32(1.0))
+  h = np.mod(h + np.float32(factor), np.float32(1.0))
+  v = maxc
+  i = np.floor(h * np.float32(6.0))
+  f = h * np.float32(6.0) - i
+  i = i.astype(np.int32) % 6
+  p = np.clip(v * (np.float32(1.0) - s), 0.0, 1.0)
+  q = np.clip(v * (np.float32(1.0) - s * f), 0.0, 1.0)
+  t = np.clip(v * (np.float32(1.0) - s * (np.float32(1.0) - f)), 0.0, 1.0)
+  table = np.stack([np.stack(c, -1) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], -2)
+  out = np.take_along_axis(table, i[..., None, None], axis=-1)[..., 0]
+  return (out * np.float32(255 + 1 - 1e-3)).astype(np.uint8)
+
+
+def photometric_distort(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+  """SSD's photometric distortion, torchvision's references/detection RandomPhotometricDistort on uint8 tensors.
+
+  Draws u = 7 uniforms first. Brightness (factor ~ U(0.875, 1.125)) when u0 < p; contrast (U(0.5, 1.5))
+  before the colour ops when u1 < 0.5 and u2 < p, else after them when u5 < p; saturation (U(0.5, 1.5))
+  when u3 < p; hue (U(-0.05, 0.05)) when u4 < p; the channels permuted (rng.permutation) when u6 < p.
+  Each factor is drawn when its op runs, in that order. Grayscale images work: saturation and hue leave
+  them unchanged (as torchvision does) and permuting one channel changes nothing.
+  """
+  u = rng.random(7)
+  if u[0] < p:
+    image = adjust_brightness(image, rng.uniform(*PHOTOMETRIC_BRIGHTNESS))
+  contrast_before = u[1] < 0.5
+  if contrast_before and u[2] < p:
+    image = adjust_contrast(image, rng.uniform(*PHOTOMETRIC_CONTRAST))
+  if u[3] < p:
+    image = adjust_saturation(image, rng.uniform(*PHOTOMETRIC_SATURATION))
+  if u[4] < p:
+    image = adjust_hue(image, rng.uniform(*PHOTOMETRIC_HUE))
+  if not contrast_before and u[5] < p:
+    image = adjust_contrast(image, rng.uniform(*PHOTOMETRIC_CONTRAST))
+  if u[6] < p:
+    image = image[..., rng.permutation(image.shape[2])]
+  return image
+
+
 class AugmentOptions(NamedTuple):
   """What the augmentations may be parameterised by (from the data config; see `default_data_config`)."""
   crop_padding: int = 4
@@ -179,6 +278,7 @@ class AugmentOptions(NamedTuple):
   scale_crop_load: int = 0     # scale_crop: the size it crops from (int(image_size * data.scale_crop_ratio))
   scale_range: Tuple[float, float] = (0.5, 2.0)   # scale: factor drawn uniformly from this range
   scale_base: int = 0          # scale: 0 = relative to the image; > 0: shorter side = scale_base * factor
+  zoom_out_range: Tuple[float, float] = (1.0, 4.0)   # zoom_out: canvas side / image side, drawn uniformly
 
 
 Augmentation = Callable[[np.ndarray, np.random.Generator, AugmentOptions], np.ndarray]
@@ -193,13 +293,17 @@ AUGMENTATIONS: Dict[str, Augmentation] = {
     "autoaugment": lambda image, rng, opt: autoaugment.auto_augment(image, rng),
     "erase": lambda image, rng, opt: random_erase(image, rng, opt.erase_prob, opt.erase_area, opt.erase_aspect,
                                                   opt.erase_mode),
+    "photometric": lambda image, rng, opt: photometric_distort(image, rng),
 }
 
-# Geometric augmentations of datasets with spatial targets (masks, boxes), which move every spatial field
+# Augmentations of datasets with spatial targets (masks, boxes). The geometric ones move every spatial field
 # together (`geometry`): random scale by data.scale_range, random crop to data.image_size (padding when
-# smaller), and flip. `crop` and `flip` mean these on such datasets and the image-only ops above otherwise.
-SPATIAL_AUGMENTATIONS = ("scale", "crop", "flip")
-AUGMENTATION_NAMES = tuple(AUGMENTATIONS) + tuple(n for n in SPATIAL_AUGMENTATIONS if n not in AUGMENTATIONS)
+# smaller), flip, SSD's zoom_out (canvas up to data.zoom_out_range times the image, filled with the dataset
+# mean) and iou_crop (minimum-IoU crop; boxes needed). `crop` and `flip` mean these on such datasets and the
+# image-only ops above otherwise. photometric changes only colours, so it is allowed on both.
+SPATIAL_AUGMENTATIONS = ("scale", "crop", "flip", "zoom_out", "iou_crop", "photometric")
+SPATIAL_ONLY_AUGMENTATIONS = tuple(n for n in SPATIAL_AUGMENTATIONS if n not in AUGMENTATIONS)
+AUGMENTATION_NAMES = tuple(AUGMENTATIONS) + SPATIAL_ONLY_AUGMENTATIONS
 
 # Augmentations of the normalised float32 image: applied after `normalize`, after all the others.
 NORMALIZED_AUGMENTATIONS = frozenset({"erase"})

@@ -229,7 +229,8 @@ def test_bad_masks_name_the_file(blocks, bad, message):
 
 @pytest.mark.parametrize("name, augment, message", [
     ("digits_seg", "scale,randaugment", "randaugment moves the image's pixels but not the 'segmentation' \\(mask\\) "
-                                        "of dataset 'digits_seg'; allowed there: scale, crop, flip, erase"),
+                                        "of dataset 'digits_seg'; allowed there: scale, crop, flip, zoom_out, "
+                                        "photometric, erase"),
     ("digits_seg", "autoaugment", "autoaugment moves the image's pixels"),
     ("digits_seg", "scale_crop", "scale_crop moves the image's pixels"),
     ("digits", "scale,flip", "scale is for datasets with masks or boxes; 'digits' has none"),
