@@ -366,7 +366,7 @@ def draw_detections(images, detections, class_names: Optional[Sequence[str]] = N
   if gt is not None and gt["boxes"].shape[0] != n:
     raise ValueError(f"draw_detections: {gt['boxes'].shape[0]} images of ground truth for {n} images")
   scale = max(1, -(-min_cell // h))
-  font = ImageFont.load_default()
+  font = ImageFont.load_default(size=max(11, h * scale // 18))  # FreeType's font; Pillow without it gives its bitmap font
   out = np.zeros((n, h * scale, w * scale, 3), np.uint8)
   for i in range(n):
     picture = Image.fromarray(rgb[i].repeat(scale, axis=0).repeat(scale, axis=1))
