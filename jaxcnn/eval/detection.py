@@ -21,8 +21,9 @@ on a results list, as in COCO's JSON path. COCO's rules then apply:
   - a class with no ground truth box in the split is left out of every mean,
     so its false positives cost nothing; a detection on an image without
     ground truth is a false positive of its class;
-  - crowd boxes: a detection overlapping one (IoU = intersection over the
-    detection's area) is ignored, not a false positive; several may match it;
+  - crowd boxes: a detection not matched to another box and overlapping a
+    crowd box enough (IoU = intersection over the detection's area) is
+    ignored, not a false positive; several may match one crowd box;
   - the area ranges (small < 32^2 <= medium < 96^2 <= large) use the ground
     truth's 'area' if given, else the box's w * h (pycocotools' `loadRes`
     gives detections w * h too). COCO's own annotations give the segment
@@ -42,7 +43,10 @@ is never taken over a -1.
 faster-coco-eval 1.8.0 (`faster_coco_eval.COCOeval_faster`) gives the same
 12 stats as pycocotools 2.0.11 on the random crowd / empty-image cases of
 tests/eval/test_detection_metrics.py (checked there when it is installed);
-pycocotools stays the evaluator used here.
+pycocotools stays the evaluator used here. torchmetrics 1.9.0's
+MeanAveragePrecision (pycocotools backend) agrees to its float32 output when
+given COCOeval's float64 IoU and recall thresholds; with its default float32
+thresholds (0.550000011920929, ...) a few matches and recall points move.
 
 `voc_map` is the PASCAL VOC devkit's rule (as in py-faster-rcnn's voc_eval):
 per class, the detections of the whole split sorted by decreasing score
