@@ -38,30 +38,53 @@ dataset's native shape), a local batch of b examples holds:
   <class field>  int32 [b]             e.g. 'label' of classification datasets
   <mask field>   int32 [b, H, W]       e.g. 'segmentation': classes 0..K-1 or info.ignore_label
   <boxes field>  float32 [b, M, 4]     xyxy pixels of the output image, with '<name>_valid' bool [b, M]
+  <per-box>      int32 / bool [b, M]   'box_class' fields (classes 0..K-1) / 'box_flag' fields, slot by slot
+                                       with the boxes (e.g. 'box_classes', 'box_crowd', 'box_difficult')
+  source_hw      int32 [b, 2]          datasets with boxes: (h, w) of each image as the source gave it
   extra fields   as the source gives them
   mask           float32 [b]           eval only: 1 for examples, 0 for padding positions
 `element_spec` gives these shapes without reading the data.
 
+Boxes. M = data.max_boxes (0: the dataset's `max_boxes`). Where an example is
+read its boxes are checked and padded (`detection.enter_boxes`): clipped to
+the image, those left without area dropped with a counted warning, a class
+out of range or more than M boxes a UserError naming the example; the kept
+boxes fill the first slots in source order, the rest is padding (valid
+False, zeros). Augmentation never reorders slots: a box a crop leaves without
+area, or whose centre an iou_crop leaves out, is only marked invalid (its
+coordinates and per-box values stay in the slot). So in every batch a slot's
+box, validity and per-box values belong together, valid boxes have positive
+area inside the output image, and invalid slots must be ignored whatever they
+hold. An image without boxes is a valid example (all padding).
+
 Two layouts. Datasets without masks or boxes (classification) resize every
 image to H x W first and apply the image-only augmentations of data.augment
 (crop = pad data.crop_padding and crop back, flip, randaugment, ...), as above.
-Datasets with masks or boxes (`DatasetInfo.spatial`: digits_seg, VOC,
-Cityscapes, pets) read each image at its own size and apply the geometric
-augmentations of data.augment in the listed order, each moving the image and
-every mask and box together (`geometry`): scale (factor ~ U(data.scale_range),
-of the image's own size, or with data.scale_base > 0 of a shorter side of
-data.scale_base; one uniform drawn), crop (a random H x W window after padding
-the bottom/right up to H x W, image with 0, masks with the ignore label; two
-integers drawn), flip (one uniform). Image-only geometric ops (randaugment,
-autoaugment, scale_crop) are refused there; erase acts on the image only. The
-example is then fitted into H x W: resized keeping its aspect ratio so that it
-fits (the factor min(H / h, W / w); nothing happens when it already is H x W,
-as after a crop) and padded at the bottom/right, image with 0 and masks with
-the ignore label. Evaluation does only this fit, so eval batches have a fixed
-shape, every pixel of the image is seen, and the padding is ignored by every
-metric since its mask value is the ignore label; scores are computed at the
-fitted resolution (not resized back to each image's original size). Eval
-padding positions hold masks full of the ignore label. Every mask read is
+Datasets with masks or boxes (`DatasetInfo.spatial`: digits_seg, digits_det,
+VOC, COCO, Cityscapes, pets) read each image at its own size and apply the
+augmentations of data.augment in the listed order, each geometric one moving
+the image and every mask and box together (`geometry`): scale (factor ~
+U(data.scale_range), of the image's own size, or with data.scale_base > 0 of
+a shorter side of data.scale_base; one uniform drawn), crop (a random H x W
+window after padding the bottom/right up to H x W, image with 0, masks with
+the ignore label; two integers drawn), flip (one uniform), zoom_out (SSD: a
+canvas up to data.zoom_out_range times the image filled with the dataset's
+mean colour, with probability 1/2), iou_crop (SSD's minimum-IoU crop; boxes
+needed), and photometric (SSD's colour distortion, image only). Image-only
+geometric ops (randaugment, autoaugment, scale_crop) are refused there; erase
+acts on the image only. The example is then brought to H x W as data.resize
+says: 'fit' (default) resizes it keeping its aspect ratio so that it fits
+(the factor min(H / h, W / w), and at most data.resize_shorter / min(h, w)
+when that is set: torchvision's min_size / max_size rule; nothing happens
+when it already is H x W, as after a crop) and pads the bottom/right, image
+with 0 and masks with the ignore label; 'stretch' resizes it to exactly
+H x W ignoring the aspect ratio (SSD's 300 x 300). Evaluation does only this,
+so eval batches have a fixed shape, every pixel of the image is seen, and the
+padding is ignored by every metric since its mask value is the ignore label;
+scores are computed at the output resolution (not resized back to each
+image's original size: boxes map back through 'source_hw' and
+`geometry.fitted_size`, or H / h and W / w for 'stretch'). Eval padding
+positions hold masks full of the ignore label and no valid box. Every mask read is
 checked: the image's size, and values that are classes or the ignore label,
 else a UserError naming the example (its file where the source knows it).
 """

@@ -4,8 +4,8 @@ A source is anything with `len(src)` and `src[i] -> {'image': uint8 [H, W, C], '
 (grain's random-access protocol). Which fields the pipeline transforms, and
 how, is declared by the dataset's `DatasetInfo.fields` ({name: kind}; kinds
 image, mask, boxes, class, and the per-box kinds box_class and box_flag;
-default image + a 'label' class, so 'label' is there only when declared). Besides the declared fields an example may carry
-extra fields of fixed shape and dtype (e.g. a text `embedding`); the pipeline
+default image + a 'label' class, so 'label' is there only when declared).
+Besides the declared fields an example may carry extra fields of fixed shape and dtype (e.g. a text `embedding`); the pipeline
 passes them through to the batches unchanged. A source names them in
 `extra_fields` ({name: (shape, dtype)}), or they are read off its first
 example. A source may name its examples for error messages with
