@@ -24,8 +24,8 @@ TensorFlow needed to read it; about 25 GB of downloads). An example is
 int32 [N] contiguous 0..79, 'box_crowd': bool [N] (COCO's iscrowd: crowd
 regions, which the COCO evaluator ignores and torchvision's references keep in
 training)}; the pipeline checks and pads them as `jaxcnn.data.detection` says
-(degenerate boxes dropped, data.max_boxes slots, default 100: COCO train2017's
-most crowded image has 93 annotations). Images without annotations (about 1%
+(degenerate boxes dropped, data.max_boxes slots, default 100, torchvision's
+detections_per_img; an image with more is a UserError). Images without annotations (about 1%
 of train2017) are kept as all-background examples; torchvision's references
 leave them out of training. Images are about 640 x 480 and vary; batches are
 formed as the pipeline module doc says (e.g. RetinaNet's shorter side 800,
