@@ -144,14 +144,17 @@ def test_iou_crop_keeps_boxes_whose_centres_stay_and_moves_them_with_the_pixels(
 def test_iou_crop_honours_the_drawn_minimum_iou():
   """With only the 0.9 option, every crop overlaps some kept box by IoU >= 0.9."""
   example = _instances()
+  crops = 0
   for seed in range(10):
     out = geometry.iou_crop(example, KINDS, np.random.default_rng(seed), options=(0.9,), trials=200)
     if out is example:
       continue
+    crops += 1
     h, w = out["segmentation"].shape
     left, top = int(out["image"][0, 0, 0]), int(out["image"][0, 0, 1])
     ious = geometry.box_iou(example["boxes"][out["boxes_valid"]], (left, top, left + w, top + h))
     assert ious.max() >= 0.9
+  assert crops >= 5
 
 
 # ----------------------------------------------------------------------------- fixed output sizes
