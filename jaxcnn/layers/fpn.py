@@ -55,7 +55,8 @@ def make_norm(kind: Optional[str], train: bool, dtype, param_dtype, axis_name=No
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name,
                         dtype=dtype, param_dtype=param_dtype, name=name)
   if kind == "group":
-    return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
+    return nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
+                        name=name)
   raise UserError(f"norm={kind!r} is not supported (allowed: None, 'batch', 'group')")
 
 

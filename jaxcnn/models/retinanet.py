@@ -27,12 +27,12 @@ into `jaxcnn.layers.FeaturePyramidNetwork` (`fpn`, `fpn_channels`) with `LastLev
 ceil-halvings of (H, W), so the anchors follow statically from the image size.
 
 Frozen BatchNorm and frozen layers: torchvision uses FrozenBatchNorm2d (BN with constant statistics and
-affine parameters) when pretrained weights are loaded, BatchNorm2d otherwise, and freezes all but the last
-`trainable_backbone_layers` backbone stages. Here `frozen_bn=True` runs the backbone's BNs in inference
-mode always (statistics never updated), and `trainable_mask(params)` gives a pytree of bools (False: not
-trained) covering the stages beyond `trainable_backbone_layers` and, with `frozen_bn`, every backbone BN
-scale/bias; the optimizer masks its updates with it (torchvision's requires_grad=False). Defaults (5
-trainable layers, trainable BN) are torchvision's model built without weights, what the parity tests use.
+affine parameters) when pretrained weights are loaded, BatchNorm2d otherwise, and trains only the last
+`trainable_backbone_layers` (default 3) backbone stages. Here `frozen_bn=True` runs the backbone's BNs in
+inference mode always (statistics never updated); which parameters are trained is the trainer's
+`finetune.freeze` regex, and `backbone_freeze_pattern(trainable_layers, frozen_bn)` writes torchvision's
+rule as one (e.g. 3 layers + frozen BN: conv1, bn1, layer1, every backbone BN affine fixed). Defaults
+(trainable BN, nothing frozen) are torchvision's model built without weights, what the parity tests use.
 
 Registered (91 classes; parameter counts equal torchvision's with weights=None, i.e. BatchNorm2d):
   retinanet_resnet50_fpn     34,068,119: heads without norm, P6/P7 from P5, smooth L1 (beta 0 = L1)
@@ -54,7 +54,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from jaxcnn.errors import UserError, unknown
 from jaxcnn.layers import Conv
@@ -94,8 +93,7 @@ class FPNDetector(nn.Module):
   anchor_sizes: Optional[Sequence[Sequence[float]]] = None
   aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
   head_convs: int = 4
-  frozen_bn: bool = False
-  trainable_backbone_layers: int = 5
+  frozen_bn: bool = False             # backbone BNs always in inference mode (torchvision's FrozenBatchNorm2d)
   keep_background_class: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -112,8 +110,6 @@ class FPNDetector(nn.Module):
       raise UserError(f"num_classes={self.num_classes} must be >= 2 (class 0 is the background)")
     if self.fpn_channels < 1 or self.head_convs < 0:
       raise UserError(f"fpn_channels={self.fpn_channels} must be >= 1 and head_convs={self.head_convs} >= 0")
-    if not 0 <= self.trainable_backbone_layers <= 5:
-      raise UserError(f"trainable_backbone_layers={self.trainable_backbone_layers} must be in 0..5")
     if len(self._anchor_sizes()) != self.num_levels():
       raise UserError(f"anchor_sizes has {len(self._anchor_sizes())} levels but the pyramid has "
                       f"{self.num_levels()} (returned_layers {layers} + extra_blocks {self.extra_blocks!r})")
@@ -177,22 +173,6 @@ class FPNDetector(nn.Module):
     features = self.backbone(x, train=train and not self.frozen_bn)
     return self.fpn([features[f"stage{i}"] for i in self.returned_layers], train)
 
-  def trainable_mask(self, params) -> Any:
-    """Bools like `params`: False for the frozen backbone stages and (frozen_bn) the backbone BN affines."""
-    train = list(_TRAINABLE_ORDER[:self.trainable_backbone_layers])
-    if self.trainable_backbone_layers == 5:
-      train.append("bn1")
-    flat = traverse_util.flatten_dict(params)
-    mask = {}
-    for path in flat:
-      trainable = True
-      if path[0] == "backbone":
-        trainable = any(path[1].startswith(layer) for layer in train)
-        if self.frozen_bn and any("bn" in part for part in path[1:-1]):
-          trainable = False
-      mask[path] = trainable
-    return traverse_util.unflatten_dict(mask)
-
   # --- shared post-processing --------------------------------------------------------------------------
   def _select(self, scores, image_size):
     """Per level: top `topk_candidates` of the flattened [anchors x classes] scores above score_thresh.
@@ -219,6 +199,24 @@ class FPNDetector(nn.Module):
       return {"boxes": jnp.where(ok[:, None], b[safe], 0.0), "scores": jnp.where(ok, s[safe], 0.0),
               "labels": jnp.where(ok, l[safe], 0).astype(jnp.int32), "valid": ok}
     return jax.vmap(one)(boxes, jnp.where(valid, scores, 0.0), labels, valid)
+
+
+def backbone_freeze_pattern(trainable_layers: int = 3, frozen_bn: bool = True) -> str:
+  """A `finetune.freeze` regex for torchvision's `_resnet_fpn_extractor(trainable_layers)` (+ FrozenBatchNorm2d).
+
+  torchvision trains the backbone parameters under ["layer4", "layer3", "layer2", "layer1",
+  "conv1"][:trainable_layers] (and bn1 at 5); FrozenBatchNorm2d's affine parameters are never trained.
+  '' when nothing is frozen.
+  """
+  if not 0 <= trainable_layers <= 5:
+    raise UserError(f"trainable_layers={trainable_layers} must be in 0..5")
+  frozen = [f"{layer}_\\d+" if layer.startswith("layer") else layer for layer in _TRAINABLE_ORDER[trainable_layers:]]
+  if trainable_layers < 5:
+    frozen.append("bn1")
+  parts = [f"^backbone/({'|'.join(frozen)})/"] if frozen else []
+  if frozen_bn:
+    parts.append(r"^backbone/(.+/)?(bn\d+|downsample_bn)/")
+  return "|".join(parts)
 
 
 def _pad_targets(targets):

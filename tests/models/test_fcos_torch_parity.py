@@ -19,8 +19,7 @@ from test_retinanet_torch_parity import SIZE, check_parity, loss_parity, random_
 
 
 def test_fcos_heads_and_detections():
-  heads, detections, outputs, jdets = run_both("fcos_resnet50_fpn")
-  check_parity(heads, detections, outputs, jdets, min_detections=5)
+  check_parity(*run_both("fcos_resnet50_fpn"), min_detections=5)
 
 
 def test_fcos_loss_matches_torchvision():
