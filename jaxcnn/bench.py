@@ -2,16 +2,20 @@
 
     python -m jaxcnn.bench --model=resnet18_cifar --batch=128 --image-size=32 [--dtype=bfloat16]
         [--steps=10] [--warmup=2] [--num-classes=10] [--channels=3] [--optim=sgd]
-        [--task=auto|classification|segmentation] [--option.KEY=VALUE ...]
+        [--task=auto|classification|segmentation|detection] [--option.KEY=VALUE ...]
 
 The step is the trainer's own (the task's `train_step`: forward, loss, backward,
 optimizer update, donated state), jitted on one device, on one synthetic batch:
   classification  `image` [B, S, S, C] and `label` [B];
   segmentation    `image` and `segmentation` int32 [B, S, S] with about 5% of the
                   pixels at the ignore label 255 (per-pixel softmax cross-entropy,
-                  logits resized to the labels, the aux loss if the model has one).
-`--task=auto` (the default) picks segmentation for models whose output is a dict
-with 'out' (the segmentation contract of `jaxcnn/models/fcn.py`), else
+                  logits resized to the labels, the aux loss if the model has one);
+  detection       `image`, `boxes` [B, 8, 4] (random boxes of 1/16 to 1/2 of the image
+                  side, the last two slots of every other image padding), `boxes_valid`
+                  and `box_classes` (the detector's own loss, `jaxcnn/tasks/detection.py`).
+`--task=auto` (the default) picks detection for detectors (models with
+`detection_loss` and `postprocess`), segmentation for models whose output is a
+dict with 'out' (the segmentation contract of `jaxcnn/models/fcn.py`), else
 classification. FLOPs come from XLA's cost analysis of the compiled step. A tool,
 not a test: compare numbers only within one run on one machine (e.g. against
 benchmarks/torch_reference.py).
@@ -54,18 +58,23 @@ def _parse_options(extra):
   return options
 
 
-TASKS = ("auto", "classification", "segmentation")
+TASKS = ("auto", "classification", "segmentation", "detection")
+BENCH_BOXES = 8
 IGNORE_LABEL = 255
 
 
 def infer_task(model_name: str, options: dict, num_classes: int, image_size: int, channels: int) -> str:
-  """'segmentation' if the model returns {'out': ...} (abstractly evaluated, no compute), else 'classification'."""
+  """'detection' for detectors; 'segmentation' if the model returns {'out': ...} (abstractly evaluated, no
+  compute); else 'classification'."""
   from jaxcnn.registry import create_model, model_options
+  from jaxcnn.tasks.detection import is_detector
   accepted = model_options(model_name)
   kwargs = dict(options)
   if accepted is None or "num_classes" in accepted:
     kwargs.setdefault("num_classes", num_classes)
   model = create_model(model_name, **kwargs)
+  if is_detector(model):
+    return "detection"
   x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
   out, _ = jax.eval_shape(lambda x: model.init_with_output(
       {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, train=False), x)
@@ -78,6 +87,14 @@ def synthetic_batch(task: str, batch: int, image_size: int, channels: int, num_c
   images = jnp.asarray(rng.normal(size=(batch, image_size, image_size, channels)), jnp.float32)
   if task == "classification":
     return {"image": images, "label": jnp.asarray(rng.integers(0, num_classes, size=(batch,)), jnp.int32)}
+  if task == "detection":
+    centres = rng.uniform(0, image_size, size=(batch, BENCH_BOXES, 2))
+    sides = rng.uniform(image_size / 16, image_size / 2, size=(batch, BENCH_BOXES, 2))
+    boxes = np.clip(np.concatenate([centres - sides / 2, centres + sides / 2], -1), 0, image_size)
+    valid = np.ones((batch, BENCH_BOXES), bool)
+    valid[::2, -2:] = False
+    return {"image": images, "boxes": jnp.asarray(boxes, jnp.float32), "boxes_valid": jnp.asarray(valid),
+            "box_classes": jnp.asarray(rng.integers(0, num_classes, size=(batch, BENCH_BOXES)), jnp.int32)}
   labels = rng.integers(0, num_classes, size=(batch, image_size, image_size))
   labels[rng.random(labels.shape) < 0.05] = IGNORE_LABEL  # as VOC's object boundaries
   return {"image": images, "segmentation": jnp.asarray(labels, jnp.int32)}
@@ -102,6 +119,8 @@ def setup(args, options):
     num_classes = args.num_classes
     ignore_label = IGNORE_LABEL
     class_names = ()
+
+    field_kinds = {"image": "image", "boxes": "boxes"} if task_name == "detection" else {}
 
   config = _config(args, options)
   config.task = task_name
@@ -161,7 +180,8 @@ def parse(argv=None):
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--optim", default="sgd", choices=["sgd", "adamw"])
   p.add_argument("--task", default="auto", choices=TASKS,
-                 help="the train step to time; auto: segmentation for models returning {'out': ...}")
+                 help="the train step to time; auto: detection for detectors, segmentation for models "
+                 "returning {'out': ...}")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   args, extra = p.parse_known_args(argv)

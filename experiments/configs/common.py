@@ -98,3 +98,13 @@ def segmentation_config() -> ml_collections.ConfigDict:
   c.segmentation = default_config()
   c.checkpoint.keep_best = True  # best by eval/miou
   return c
+
+
+def detection_config() -> ml_collections.ConfigDict:
+  """base_config() for task 'detection', with its own section (see jaxcnn/tasks/detection.py)."""
+  from jaxcnn.tasks.detection import default_config
+  c = base_config()
+  c.task = "detection"
+  c.detection = default_config()
+  c.checkpoint.keep_best = True  # best by eval/map
+  return c

@@ -12,6 +12,7 @@ _TASKS = {
     "stackgan": "jaxcnn.tasks.gan:StackGAN",
     "stackganpp": "jaxcnn.tasks.stackgan_v2:StackGANpp",
     "segmentation": "jaxcnn.tasks.segmentation:Segmentation",
+    "detection": "jaxcnn.tasks.detection:Detection",
 }
 
 

@@ -1,0 +1,183 @@
+"""Object detection: each detector's own loss, post-processing inside the jitted eval step, COCO and VOC mAP.
+
+Batches carry `image` [B, H, W, C] and the dataset's boxes field: `boxes` float32 [B, M, 4] (xyxy pixels
+of the batch image, M = the dataset's padded box count, data.max_boxes), `boxes_valid` bool [B, M] and
+`box_classes` int32 [B, M] (classes 0..K-1); `box_crowd` / `box_difficult` bool [B, M] where the dataset
+has them (COCO's iscrowd, VOC's difficult: both are ignored by the evaluators, as the official ones do).
+Padded slots count nowhere; an image without boxes is a valid, all-background example.
+
+Models follow the detection contract (`jaxcnn/models/retinanet.py` describes it): `__call__` returns the raw
+head outputs, `detection_loss(outputs, targets, image_size, axis_name)` is the model's own loss as torchvision
+computes it, `postprocess(outputs, image_size)` the fixed-size detections. Labels follow torchvision's
+convention: the model is built with num_classes = K + 1 and dataset class c is model label c + 1 (0 is
+background), so torchvision's 91-class COCO weights and heads line up.
+
+Evaluation runs the model and its post-processing in the jitted eval step (score threshold, top-k,
+batched NMS, `detections_per_img` padded outputs: no host round trip), collects the detections and
+the ground truth of the whole split from every process, and scores them on the host with the official
+COCO evaluator (pycocotools) and the PASCAL VOC rule (`jaxcnn.eval.detection`): eval/map (AP@[.5:.95],
+the headline), eval/map50, eval/map75, eval/map_small/medium/large, eval/mar_100, eval/voc_map50 (area
+under the curve, VOC2010+) and eval/voc07_map50 (VOC2007's 11 points); NaN where COCO cannot measure
+(no box in an area range). Boxes are scored in the frame of the eval batch (the image fitted or
+stretched into data.image_size); IoUs do not depend on that frame, and COCO's small/medium/large area
+ranges are applied in each image's source frame (through the batch's `source_hw`), as torchvision's
+references score boxes mapped back to the original image.
+
+Options (config section `detection`):
+  pictures         eval images drawn with their detections in plots/ at every eval (0: none)
+  picture_score    detections below this score are not drawn
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.errors import UserError
+from jaxcnn.registry import create_model, list_models
+from jaxcnn.tasks.base import Task, model_kwargs
+
+BOX_FIELDS = ("boxes", "boxes_valid", "box_classes")
+OPTIONAL_GT_FIELDS = {"box_crowd": "crowd", "box_difficult": "difficult"}
+
+
+def default_config():
+  import ml_collections
+  return ml_collections.ConfigDict({"pictures": 8, "picture_score": 0.3})
+
+
+def is_detector(model) -> bool:
+  return all(callable(getattr(type(model), m, None)) for m in ("detection_loss", "postprocess"))
+
+
+def detector_names():
+  names = []
+  for name in list_models():
+    try:
+      if is_detector(create_model(name)):
+        names.append(name)
+    except Exception:  # pylint: disable=broad-except
+      continue  # a model that needs arguments to be built is not a detector with defaults
+  return names
+
+
+class Detection(Task):
+  best_metric = ("eval/map", "max")
+
+  def __init__(self, config, data_info, axis_name=None):
+    super().__init__(config, axis_name)
+    options = default_config()
+    options.update(config.get("detection", {}))
+    self.options = options
+    kinds = dict(getattr(data_info, "field_kinds", {}) or {})
+    if "boxes" not in kinds or kinds["boxes"] != "boxes":
+      raise UserError(f"task 'detection' needs a dataset with a 'boxes' field (e.g. digits_det, voc0712_det, coco2017_det); "
+                      f"'{data_info.name}' has fields {sorted(kinds) or ['image', 'label']}")
+    self.num_classes = int(data_info.num_classes)
+    names = tuple(getattr(data_info, "class_names", ()) or ())
+    self.class_names = names if len(names) == self.num_classes else None
+    self.model = create_model(config.model.name, **model_kwargs(
+        config.model, config.train, axis_name, num_classes=self.num_classes + 1))
+    if not is_detector(self.model):
+      raise UserError(f"model '{config.model.name}' is not a detector (task 'detection' needs one of: "
+                      f"{', '.join(detector_names())})")
+    self._preview = None
+    self._detect = jax.jit(self.detect)
+
+  def describe(self):
+    return {**super().describe(), "num_classes": self.num_classes}
+
+  # --- training -------------------------------------------------------------------------------------------
+  def init(self, rng, batch):
+    params_rng, dropout_rng = jax.random.split(rng)
+    return self.model.init({"params": params_rng, "dropout": dropout_rng}, batch["image"], train=False)
+
+  @staticmethod
+  def targets(batch):
+    """The model's targets: labels in torchvision's space (dataset class + 1; 0 is background)."""
+    missing = [f for f in BOX_FIELDS if f not in batch]
+    if missing:
+      raise UserError(f"detection batches need fields {list(BOX_FIELDS)}; missing {missing}")
+    return {"boxes": batch["boxes"].astype(jnp.float32), "labels": batch["box_classes"].astype(jnp.int32) + 1,
+            "valid": batch["boxes_valid"].astype(bool)}
+
+  def loss(self, params, model_state, batch, rng):
+    outputs, new_state = self.model.apply(
+        {"params": params, **model_state}, batch["image"], train=True, rngs={"dropout": rng},
+        mutable=list(model_state))
+    loss, metrics = self.model.detection_loss(outputs, self.targets(batch), batch["image"].shape[1:3],
+                                              axis_name=self.axis_name)
+    metrics = {k: v for k, v in metrics.items() if k != "train/loss"}
+    return loss, (new_state, {"train/loss": loss, **metrics})
+
+  # --- evaluation -----------------------------------------------------------------------------------------
+  def detect(self, variables, images):
+    """Fixed-size detections {'boxes', 'scores', 'labels' (dataset classes), 'valid'} of a batch."""
+    outputs = self.model.apply(variables, images, train=False)
+    outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
+    detections = self.model.postprocess(outputs, images.shape[1:3])
+    return {"boxes": detections["boxes"].astype(jnp.float32), "scores": detections["scores"].astype(jnp.float32),
+            "labels": detections["labels"].astype(jnp.int32) - 1, "valid": detections["valid"].astype(bool)}
+
+  def eval_step(self, variables, batch):
+    detections = self.detect(variables, batch["image"])
+    real = batch["mask"] > 0
+    out = {"count": jnp.sum(real), "per_example/mask": batch["mask"]}
+    out.update({f"per_example/{k}": v for k, v in detections.items()})
+    out.update({"per_example/gt_boxes": batch["boxes"], "per_example/gt_labels": batch["box_classes"],
+                "per_example/gt_valid": batch["boxes_valid"] & real[:, None]})
+    for field, name in OPTIONAL_GT_FIELDS.items():
+      if field in batch:
+        out[f"per_example/gt_{name}"] = batch[field]
+    if "source_hw" in batch:
+      out["per_example/source_hw"] = batch["source_hw"]
+    return out
+
+  def eval_metrics(self, sums):
+    return {}  # everything comes from host_eval
+
+  def host_eval(self, outputs):
+    from jaxcnn.eval import detection as det_eval
+    detections = {k: outputs[k] for k in ("boxes", "scores", "labels", "valid")}
+    truth = {k[3:]: v for k, v in outputs.items() if k.startswith("gt_")}
+    frame = self.source_frame(outputs["source_hw"]) if "source_hw" in outputs else None
+    metrics = det_eval.evaluate_detections(detections, truth, self.num_classes, area_frame=frame)
+    return {f"eval/{k}": float(v) for k, v in metrics.items()}
+
+  def source_frame(self, source_hw):
+    """[N, 2] (sy, sx): from the eval batch's pixels back to each source image's (the pipeline's resize)."""
+    from jaxcnn.data import geometry, transforms
+    data = self.config.data
+    size = transforms.hw(data.image_size)
+    frame = []
+    for h, w in np.asarray(source_hw).tolist():
+      if data.get("resize", "fit") == "stretch":
+        fh, fw = size
+      else:
+        fh, fw = geometry.fitted_size((h, w), size, int(data.get("resize_shorter", 0) or 0))
+      frame.append((h / fh, w / fw))
+    return np.asarray(frame, np.float64)
+
+  # --- pictures -------------------------------------------------------------------------------------------
+  def on_eval(self, variables, step, workdir):
+    n = int(self.options.pictures)
+    if n <= 0:
+      return {}
+    from jaxcnn.eval import detection as det_eval
+    if self._preview is None:
+      self._preview = self._fixed_eval_examples(n)
+    images, truth = self._preview
+    detections = jax.device_get(self._detect(variables, jnp.asarray(images)))
+    if jax.process_index() == 0:
+      det_eval.save_detection_grid(os.path.join(workdir, "plots", f"detections_step{step:07d}.png"), images,
+                                   detections, class_names=self.class_names,
+                                   score_threshold=float(self.options.picture_score), ground_truth=truth)
+    return {}
+
+  def _fixed_eval_examples(self, n):
+    from jaxcnn import data as data_lib
+    batch = next(iter(data_lib.eval_iterator(self.config.data, global_batch_size=n)))
+    keep = np.asarray(batch["mask"]) > 0
+    truth = {"boxes": np.asarray(batch["boxes"])[keep], "labels": np.asarray(batch["box_classes"])[keep],
+             "valid": np.asarray(batch["boxes_valid"])[keep]}
+    return np.asarray(batch["image"])[keep], truth
