@@ -3,7 +3,7 @@
     python benchmarks/conv_micro.py [--rounds=5] [--layers=r18_3x3,mbv2_dw_s2,...] [--no-torch]
         [--impls=xla,rewrite,onednn,jaxcnn]
 
-For each layer of the target models (ResNet-18 CIFAR, ResNet-50, MobileNetV2,
+For each layer of the target models (ResNet-18 CIFAR, ResNet-50, MobileNetV2, DeepLabV3-ResNet50,
 ViT patch embedding, a DCGAN transposed convolution) it times these
 implementations: `xla` (plain `lax.conv_general_dilated` / `lax.conv_transpose`),
 `rewrite` (`cpu_conv`'s pure-XLA formulations, `JAXCNN_CPU_CONV=xla`), `onednn`
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-# name: (batch, size, in channels, out channels, kernel, stride, groups, transposed)
+# name: (batch, size, in channels, out channels, kernel, stride, groups, transposed[, dilation])
 LAYERS = {
     "r18c_3x3_64": (128, 32, 64, 64, 3, 1, 1, False),
     "r18c_3x3_s2": (128, 32, 64, 128, 3, 2, 1, False),
@@ -39,13 +39,29 @@ LAYERS = {
     "vit_patch4": (128, 32, 3, 192, 4, 4, 1, False),
     "resnext_3x3_g32": (16, 56, 128, 128, 3, 1, 32, False),
     "dcgan_convT_4x4_s2": (64, 8, 256, 128, 4, 2, 1, True),
+    # DeepLabV3-ResNet50 at batch 4, 256x256 (output stride 8: 32x32 maps): stage 4's dilated 3x3, the
+    # 1x1 convolutions around it, and the ASPP's atrous branches (2048 -> 256 at rates 12, 24, 36).
+    "dl_3x3_512_d4": (4, 32, 512, 512, 3, 1, 1, False, 4),
+    "dl_1x1_2048_512": (4, 32, 2048, 512, 1, 1, 1, False),
+    "dl_1x1_512_2048": (4, 32, 512, 2048, 1, 1, 1, False),
+    "dl_1x1_1024_256": (4, 32, 1024, 256, 1, 1, 1, False),
+    "dl_1x1_256_1024": (4, 32, 256, 1024, 1, 1, 1, False),
+    "aspp_r12": (4, 32, 2048, 256, 3, 1, 1, False, 12),
+    "aspp_r24": (4, 32, 2048, 256, 3, 1, 1, False, 24),
+    "aspp_r36": (4, 32, 2048, 256, 3, 1, 1, False, 36),
 }
 OPS = ("fwd", "dx", "dw")
 
 
-def _padding(kernel, stride):
+def _padding(kernel, stride, dilation=1):
   """PyTorch padding giving the same output as the JAX side (SAME-like, patchify: none)."""
-  return 0 if kernel == stride else (kernel - 1) // 2
+  return 0 if kernel == stride else dilation * (kernel - 1) // 2
+
+
+def _spec(name):
+  """LAYERS[name] with the dilation (default 1) filled in: a 9-tuple."""
+  spec = LAYERS[name]
+  return spec if len(spec) == 9 else spec + (1,)
 
 
 class JaxWorker:
@@ -62,7 +78,7 @@ class JaxWorker:
     self.cache = {}
 
   def _conv_fns(self, spec):
-    n, size, cin, cout, k, s, groups, transposed = spec
+    n, size, cin, cout, k, s, groups, transposed, d = spec
     jnp, lax, conv, cpu_conv = self.jnp, self.lax, self.conv, self.cpu_conv
     if transposed:
       pads = cpu_conv.transpose_pads((k, k), (s, s), "SAME", (1, 1))
@@ -71,15 +87,15 @@ class JaxWorker:
       fns = {"xla": xla, "rewrite": ours, "jaxcnn": ours}
       w_shape = (k, k, cin, cout)
     else:
-      p = _padding(k, s)
+      p = _padding(k, s, d)
       pad = ((p, p), (p, p))
-      kw = dict(dimension_numbers=cpu_conv.NHWC, feature_group_count=groups)
+      kw = dict(rhs_dilation=(d, d), dimension_numbers=cpu_conv.NHWC, feature_group_count=groups)
       xla = lambda x, w: lax.conv_general_dilated(x, w, (s, s), pad, **kw)
       ours = lambda x, w: conv.conv_general_dilated(x, w, (s, s), pad, **kw)
-      rewrite = lambda x, w: cpu_conv.conv_nhwc_xla(x, w, (s, s), pad, feature_group_count=groups)
+      rewrite = lambda x, w: cpu_conv.conv_nhwc_xla(x, w, (s, s), pad, (d, d), feature_group_count=groups)
       fns = {"xla": xla, "rewrite": rewrite, "jaxcnn": ours}
       if self.onednn is not None:
-        fns["onednn"] = lambda x, w: self.onednn.conv(x, w, (s, s), pad, (1, 1), groups)
+        fns["onednn"] = lambda x, w: self.onednn.conv(x, w, (s, s), pad, (d, d), groups)
       w_shape = (k, k, cin // groups, cout)
     key = self.jax.random.PRNGKey(0)
     x = self.jax.random.normal(key, (n, size, size, cin), jnp.float32)
@@ -88,7 +104,7 @@ class JaxWorker:
 
   def prepare(self, name):
     jax = self.jax
-    fns, x, w = self._conv_fns(LAYERS[name])
+    fns, x, w = self._conv_fns(_spec(name))
     dy = jax.random.normal(jax.random.PRNGKey(1), jax.eval_shape(fns["xla"], x, w).shape)
     for impl, f in fns.items():
       calls = {
@@ -117,7 +133,7 @@ class TorchWorker:
 
   def prepare(self, name):
     torch = self.torch
-    n, size, cin, cout, k, s, groups, transposed = LAYERS[name]
+    n, size, cin, cout, k, s, groups, transposed, d = _spec(name)
     cl = torch.channels_last
     x = torch.randn(n, cin, size, size).contiguous(memory_format=cl)
     if transposed:
@@ -126,13 +142,13 @@ class TorchWorker:
       fwd = lambda: torch.nn.functional.conv_transpose2d(x, w, stride=s, padding=pad)
     else:
       w = (torch.randn(cout, cin // groups, k, k) * 0.05).contiguous(memory_format=cl)
-      pad = _padding(k, s)
-      fwd = lambda: torch.nn.functional.conv2d(x, w, stride=s, padding=pad, groups=groups)
+      pad = _padding(k, s, d)
+      fwd = lambda: torch.nn.functional.conv2d(x, w, stride=s, padding=pad, dilation=d, groups=groups)
     with torch.no_grad():
       dy = torch.randn_like(fwd()).contiguous(memory_format=cl)
 
     def backward(mask):
-      return torch.ops.aten.convolution_backward(dy, x, w, None, [s, s], [pad, pad], [1, 1], transposed,
+      return torch.ops.aten.convolution_backward(dy, x, w, None, [s, s], [pad, pad], [d, d], transposed,
                                                  [0, 0], groups, mask)
     ops = {"fwd": fwd, "dx": lambda: backward([True, False, False]),
            "dw": lambda: backward([False, True, False])}

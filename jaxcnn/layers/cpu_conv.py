@@ -32,7 +32,13 @@ Before any of them, `live_taps` drops the kernel taps that read only padding
 for every output pixel (an atrous 3x3 whose rate is at least the feature map's
 size, e.g. DeepLabV3's rate-36 ASPP branch on a 32x32 map, is exactly its
 centre tap: a 1x1 convolution, so a matmul). Their products are zeros and
-their kernel gradient is zero, which the slice's gradient gives back.
+their kernel gradient is zero, which the slice's gradient gives back. An
+atrous convolution that still reads mostly padding after that
+(`use_tap_conv`: DeepLabV3's rate-24 branch on a 32x32 map, a quarter of its
+multiply-adds live) computes each tap only over the outputs where it meets
+pixels (`tap_conv`, one matmul per tap); with oneDNN, only its kernel
+gradient is done that way (`onednn_conv_tap_weight_grad`), as oneDNN's own
+falls back to an im2col gemm over the padded map there.
 
 Ahead of all of these, float32 convolutions other than pointwise ones go to
 oneDNN (the library PyTorch runs on CPU) through XLA FFI custom calls,
@@ -428,6 +434,120 @@ def live_taps(x_shape, w, strides, pads: Pads, rhs_dilation):
   return w[h0:h1, w0:w1], tuple(new_pads), tuple(dilation)
 
 
+def _tap_spans(size, out, k, d, low):
+  """[(tap i, first output, stop output, first input)] along one dim of a stride-1 convolution.
+
+  Output o reads input o + i*d - low through tap i; only the outputs whose
+  input is a real pixel are kept (taps that meet none are left out).
+  """
+  spans = []
+  for i in range(k):
+    first, stop = max(0, low - i * d), min(out, size + low - i * d)
+    if stop > first:
+      spans.append((i, first, stop, first + i * d - low))
+  return spans
+
+
+def live_fraction(x_shape, kernel_spatial, strides, pads: Pads, rhs_dilation) -> float:
+  """Share of a convolution's multiply-adds (taps x output pixels) whose input is not padding."""
+  share = 1.0
+  for dim in range(2):
+    size, k, s, d = x_shape[1 + dim], kernel_spatial[dim], strides[dim], rhs_dilation[dim]
+    low, high = pads[dim]
+    out = (size + low + high - (k - 1) * d - 1) // s + 1
+    if out <= 0:
+      return 1.0
+    live = sum(1 for o in range(out) for i in range(k) if 0 <= o * s + i * d - low < size)
+    share *= live / (k * out)
+  return share
+
+
+# An atrous convolution whose taps meet real pixels for at most this share of their outputs goes to
+# `tap_conv`. DeepLabV3's rate-24 ASPP branch on a 32x32 map (0.25) runs its three passes 1.5-2.5x
+# faster that way (oneDNN's kernel gradient there is its im2col gemm); rate 12 (0.56) runs slower
+# than on oneDNN's direct kernels (benchmarks/README.md, DeepLabV3).
+TAP_CONV_MAX_LIVE = 0.4
+
+
+def use_tap_conv(x_shape, w_shape, strides, pads: Pads, rhs_dilation, feature_group_count) -> bool:
+  """True for the sparse-tap case `tap_conv` is for: stride 1, no groups, mostly (not only) padding."""
+  return (feature_group_count == 1 and tuple(strides) == (1, 1) and tuple(rhs_dilation) != (1, 1)
+          and 0.0 < live_fraction(x_shape, w_shape[:2], strides, pads, rhs_dilation) <= TAP_CONV_MAX_LIVE)
+
+
+def tap_conv(x, w, pads: Pads, rhs_dilation, precision=None, preferred_element_type=None):
+  """A stride-1 (dilated) convolution as one matmul per kernel tap over the outputs where it meets pixels.
+
+  y[rows, cols] += x[rows + i*dh - low_h, cols + j*dw - low_w] @ w[i, j] for
+  each tap, restricted to the output rectangle whose input is real: the
+  padding is never multiplied, so a heavily dilated convolution costs its
+  live share of a dense one. Both gradients follow by autodiff: per tap, a
+  transposed-lhs matmul for the kernel and a matmul whose result is added
+  into the input gradient's rectangle (`_matmul`'s row-major backward).
+  Accumulates in float32.
+  """
+  n, h, wd, c = x.shape
+  kh, kw, _, cout = w.shape
+  (dh, dw_) = rhs_dilation
+  out_h = h + pads[0][0] + pads[0][1] - (kh - 1) * dh
+  out_w = wd + pads[1][0] + pads[1][1] - (kw - 1) * dw_
+  y = None
+  for i, r0, r1, a in _tap_spans(h, out_h, kh, dh, pads[0][0]):
+    for j, c0, c1, b in _tap_spans(wd, out_w, kw, dw_, pads[1][0]):
+      rows, cols = r1 - r0, c1 - c0
+      xs = lax.slice(x, (0, a, b, 0), (n, a + rows, b + cols, c)).reshape(n * rows * cols, c)
+      part = _matmul(xs, w[i, j], precision).reshape(n, rows, cols, cout)
+      part = _pad_spatial(part, ((r0, out_h - r1), (c0, out_w - c1)))
+      y = part if y is None else y + part
+  return y.astype(_result_type(x.dtype, preferred_element_type))
+
+
+def tap_weight_grad(x, dy, kernel_spatial, pads: Pads, rhs_dilation, precision=None):
+  """Kernel gradient of `tap_conv` (HWIO, float32): per live tap, x's rectangle^T @ dy's rectangle.
+
+  Taps that meet no pixel get zeros. `x` and `dy` are pinned row-major (see
+  `_matmul_bwd`), so each tap is one transposed-lhs matmul over its rectangle.
+  """
+  n, h, wd, c = x.shape
+  _, out_h, out_w, cout = dy.shape
+  (kh, kw), (dh, dw_) = kernel_spatial, rhs_dilation
+  x, dy = lax.optimization_barrier((x, dy.astype(x.dtype)))
+  taps = {}
+  for i, r0, r1, a in _tap_spans(h, out_h, kh, dh, pads[0][0]):
+    for j, c0, c1, b in _tap_spans(wd, out_w, kw, dw_, pads[1][0]):
+      rows, cols = r1 - r0, c1 - c0
+      xs = lax.slice(x, (0, a, b, 0), (n, a + rows, b + cols, c)).reshape(-1, c)
+      dys = lax.slice(dy, (0, r0, c0, 0), (n, r1, c1, cout)).reshape(-1, cout)
+      taps[(i, j)] = lax.dot_general(xs, dys, (((0,), (0,)), ((), ())), precision=precision,
+                                     preferred_element_type=jnp.float32)
+  zero = jnp.zeros((c, cout), jnp.float32)
+  return jnp.stack([taps.get((i, j), zero) for i in range(kh) for j in range(kw)]).reshape(kh, kw, c, cout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def onednn_conv_tap_weight_grad(x, w, pads: Pads, rhs_dilation):
+  """A stride-1 float32 `onednn.conv` whose kernel gradient is `tap_weight_grad`.
+
+  For the sparse-tap case (`use_tap_conv`): oneDNN's direct forward and
+  input-gradient kernels skip the padding there as well, but its kernel
+  gradient falls back to an im2col gemm over the whole padded map.
+  """
+  return onednn.forward(x, w, (1, 1), pads, rhs_dilation, 1)
+
+
+def _onednn_tap_fwd(x, w, pads, rhs_dilation):
+  return onednn.forward(x, w, (1, 1), pads, rhs_dilation, 1), (x, w)
+
+
+def _onednn_tap_bwd(pads, rhs_dilation, res, dy):
+  x, w = res
+  dx = onednn.input_grad(dy, w, x.shape, (1, 1), pads, rhs_dilation, 1)
+  return dx, tap_weight_grad(x, dy, w.shape[:2], pads, rhs_dilation).astype(w.dtype)
+
+
+onednn_conv_tap_weight_grad.defvjp(_onednn_tap_fwd, _onednn_tap_bwd)
+
+
 def conv_nhwc(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_count=1, precision=None,
               preferred_element_type=None):
   """The CPU formulation of an NHWC/HWIO convolution with explicit padding (no input dilation).
@@ -440,9 +560,14 @@ def conv_nhwc(x, w, strides, pads: Pads, rhs_dilation=(1, 1), feature_group_coun
   strides, rhs_dilation, pads = tuple(strides), tuple(rhs_dilation), tuple(map(tuple, pads))
   w, pads, rhs_dilation = live_taps(x.shape, w, strides, pads, rhs_dilation)
   pointwise = feature_group_count == 1 and is_pointwise(w.shape[:2], strides, pads, rhs_dilation)
+  tap = use_tap_conv(x.shape, w.shape, strides, pads, rhs_dilation, feature_group_count)
   if (mode() == "onednn" and not pointwise
       and onednn.supports(x, w, pads, feature_group_count, preferred_element_type) and onednn.available()):
+    if tap:
+      return onednn_conv_tap_weight_grad(x, w, pads, rhs_dilation)
     return onednn.conv(x, w, strides, pads, rhs_dilation, feature_group_count)
+  if tap:
+    return tap_conv(x, w, pads, rhs_dilation, precision, preferred_element_type)
   return conv_nhwc_xla(x, w, strides, pads, rhs_dilation, feature_group_count, precision,
                        preferred_element_type)
 
