@@ -73,6 +73,11 @@ class Detection(Task):
     if "boxes" not in kinds or kinds["boxes"] != "boxes":
       raise UserError(f"task 'detection' needs a dataset with a 'boxes' field (e.g. digits_det, voc0712_det, coco2017_det); "
                       f"'{data_info.name}' has fields {sorted(kinds) or ['image', 'label']}")
+    try:
+      import pycocotools  # noqa: F401  (checked now: eval must not fail after hours of training)
+    except ImportError:
+      raise UserError("task 'detection' scores with the official COCO evaluator: pip install 'jaxcnn[detection]' "
+                      "(pycocotools)") from None
     self.num_classes = int(data_info.num_classes)
     names = tuple(getattr(data_info, "class_names", ()) or ())
     self.class_names = names if len(names) == self.num_classes else None
