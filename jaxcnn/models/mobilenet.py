@@ -67,7 +67,11 @@ output stride 8 (large: block 4, 40 channels; small: block 2, 24 channels;
 torchvision's `stage_indices[-4]`), and 'high', the 1x1 conv to 960 / 576
 channels (`last_conv`, torchvision's last `features` entry; output stride 16
 when dilated). DeepLabV3 feeds 'high' to its head and 'low' to its auxiliary
-head; LR-ASPP uses both.
+head; LR-ASPP uses both. 'tail_expand' is the 1x1 expansion output of the
+block that opens the last stage (large: 672 channels at stride 16), where
+SSDLite attaches its first prediction layer (the paper's section 6.2).
+`bn_momentum` and `kernel_init` (of every convolution) default to
+torchvision's classification settings; SSDLite sets its own.
 
 Parameter names: v1 `stem`, `block{i}/{depthwise,pointwise}`, `classifier`;
 v2 `stem`, `block{i}/{expand,depthwise,project}`, `head`, `classifier`;
@@ -256,12 +260,13 @@ class SqueezeExcite(nn.Module):
   squeeze_channels: int
   activation: Any = nn.relu
   gate: Any = nn.hard_sigmoid
+  kernel_init: Any = conv_kaiming_fan_out
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(Conv, kernel_size=(1, 1), kernel_init=conv_kaiming_fan_out,
+    conv = functools.partial(Conv, kernel_size=(1, 1), kernel_init=self.kernel_init,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
     scale = self.activation(conv(self.squeeze_channels, name="fc1")(scale))
@@ -280,21 +285,23 @@ class InvertedResidualV3(nn.Module):
   unit: Any  # ConvBNAct partial with dtypes and BN settings
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, return_expanded: bool = False):
     y = x
     if self.expanded != x.shape[-1]:
       y = self.unit(self.expanded, 1, activation=self.activation, name="expand")(y, train)
+    expanded = y
     # torchvision: a dilated block does not stride (its stride becomes the dilation)
     strides = 1 if self.dilation > 1 else self.strides
     y = self.unit(self.expanded, self.kernel_size, strides, groups=self.expanded, activation=self.activation,
                   dilation=self.dilation, name="depthwise")(y, train)
     if self.use_se:
       y = SqueezeExcite(make_divisible(self.expanded // 4, 8), dtype=self.unit.keywords["dtype"],
-                        param_dtype=self.unit.keywords["param_dtype"], name="se")(y)
+                        param_dtype=self.unit.keywords["param_dtype"],
+                        kernel_init=self.unit.keywords.get("kernel_init", conv_kaiming_fan_out), name="se")(y)
     y = self.unit(self.features, 1, activation=None, name="project")(y, train)
     if self.strides == 1 and x.shape[-1] == self.features:
-      return x + y
-    return y
+      y = x + y
+    return (y, expanded) if return_expanded else y
 
 
 class MobileNetV3Classifier(nn.Module):
@@ -319,6 +326,8 @@ class MobileNetV3(nn.Module):
   width_mult: float = 1.0
   reduced_tail: bool = False       # torchvision's option: the last stage at half width
   dilated: bool = False            # the last stage at output stride 16, depthwise convs dilated by 2
+  bn_momentum: float = 0.99        # flax convention: torch's momentum 0.01 (SSDLite: 0.97, torch's 0.03)
+  kernel_init: Any = conv_kaiming_fan_out  # of every convolution (SSDLite from scratch: N(0, 0.03))
   dropout_rate: float = 0.2
   return_features: bool = False
   num_classes: int = 1000
@@ -351,13 +360,20 @@ class MobileNetV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    unit = functools.partial(ConvBNAct, bn_momentum=0.99, bn_epsilon=1e-3, bn_axis_name=self.bn_axis_name,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    unit = functools.partial(ConvBNAct, bn_momentum=self.bn_momentum, bn_epsilon=1e-3,
+                             bn_axis_name=self.bn_axis_name, kernel_init=self.kernel_init, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
     x = unit(make_divisible(V3_STEM * self.width_mult, 8), 3, 2, activation=nn.hard_swish, name="stem")(x, train)
     features, stride = {"stem": x, "stage1": x}, 2
-    for i, (k, expanded, out, se, hs, s, dilation) in enumerate(self.blocks(), start=1):
-      x = InvertedResidualV3(out, expanded, k, s, dilation, se, nn.hard_swish if hs else nn.relu, unit,
-                             name=f"block{i}")(x, train)
+    blocks = self.blocks()
+    last_stage = max(i for i, b in enumerate(blocks, start=1) if b[5] == 2)
+    for i, (k, expanded, out, se, hs, s, dilation) in enumerate(blocks, start=1):
+      block = InvertedResidualV3(out, expanded, k, s, dilation, se, nn.hard_swish if hs else nn.relu, unit,
+                                 name=f"block{i}")
+      if i == last_stage:
+        x, features["tail_expand"] = block(x, train, return_expanded=True)
+      else:
+        x = block(x, train)
       stride *= s
       features[f"stage{stride.bit_length() - 1}"] = x  # the last output at each (undilated) stride
       if s == 2 and stride == 8:

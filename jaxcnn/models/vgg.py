@@ -26,6 +26,8 @@ and vgg19_bn_cifar 20,040,522, the "20.04M" of bearpaw/pytorch-classification.
 
 Backbone use: `return_features=True` returns {'stage1'..'stage5'}: each
 block's last ReLU output before its max-pool (strides 1, 2, 4, 8, 16).
+`ceil_mode_blocks` lists the blocks whose max-pool rounds its output size up
+(torch's ceil_mode; SSD300 sets it on block 3 so 75 pixels pool to 38).
 
 Parameter names: `block{b}_conv{i}` / `block{b}_bn{i}` (both from 1), `fc1`..`fc3`
 (the CIFAR head: `fc`);
@@ -58,6 +60,7 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   classifier_width: int = 4096
   cifar_head: bool = False         # True: global average pool + one linear layer (kuangliu's CIFAR VGG)
+  ceil_mode_blocks: Sequence[int] = ()  # blocks (1..5) whose closing max-pool rounds up (SSD300: (3,))
   return_features: bool = False
   num_classes: int = 1000
   dtype: Any = jnp.float32
@@ -70,6 +73,8 @@ class VGG(nn.Module):
                       f"e.g. {CONFIGS[16]} (VGG-16)")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UserError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
+    if any(b not in range(1, 6) for b in self.ceil_mode_blocks):
+      raise UserError(f"ceil_mode_blocks={tuple(self.ceil_mode_blocks)} must name blocks among 1..5")
     super().__post_init__()
 
   @nn.compact
@@ -88,7 +93,7 @@ class VGG(nn.Module):
                            param_dtype=self.param_dtype, name=f"block{b}_bn{i}")(x)
         x = nn.relu(x)
       features[f"stage{b}"] = x
-      x = max_pool(x, 2, 2)
+      x = max_pool(x, 2, 2, ceil_mode=b in self.ceil_mode_blocks)
     if self.return_features:
       return features
     return self._classifier(x, train)

@@ -38,7 +38,7 @@ def test_large_features_and_segmentation_taps(dilated):
   deep = (4, 6) if dilated else (2, 3)
   assert shapes == {"stem": (32, 48, 16), "stage1": (32, 48, 16), "stage2": (16, 24, 24),
                     "stage3": (8, 12, 40), "stage4": (4, 6, 112), "stage5": deep + (160,),
-                    "low": (8, 12, 40), "high": deep + (960,)}
+                    "low": (8, 12, 40), "high": deep + (960,), "tail_expand": (4, 6, 672)}
   assert "classifier" not in variables["params"]
 
 
@@ -46,7 +46,7 @@ def test_small_features_and_segmentation_taps():
   shapes, _ = _feature_shapes("mobilenet_v3_small", (64, 64), dilated=True)
   assert shapes == {"stem": (32, 32, 16), "stage1": (32, 32, 16), "stage2": (16, 16, 16),
                     "stage3": (8, 8, 24), "stage4": (4, 4, 48), "stage5": (4, 4, 96),
-                    "low": (8, 8, 24), "high": (4, 4, 576)}
+                    "low": (8, 8, 24), "high": (4, 4, 576), "tail_expand": (4, 4, 288)}
 
 
 def test_backbone_tree_is_the_classifier_minus_its_head():
