@@ -5,8 +5,8 @@
 
 The paper's section 2.2: 135 epochs on VOC 2007 + 2012 train/val (`voc0712_det` 'trainval', 16,551
 images), batch 64, momentum 0.9, weight decay 5e-4, dropout 0.5 after the first FC, learning rate raised
-over the first epochs to 1e-2 (here a linear warm-up from 0 over the first 2 of the 75 epochs; the paper starts it at 1e-3),
-then 1e-2 for 75 epochs, 1e-3 for 30 and 1e-4 for 30; 448 x 448 inputs (`data.resize='stretch'`, as darknet
+over the first epochs to 1e-2 (here a linear warm-up from 0 over the first 2 of the 75 epochs; the paper
+starts it at 1e-3), then 1e-2 for 75 epochs, 1e-3 for 30 and 1e-4 for 30; 448 x 448 inputs (`data.resize='stretch'`, as darknet
 resizes) with pixel values in [0, 1] (darknet's input, `data.normalize='unit'`). Target: 63.4 mAP on VOC
 2007 test (the paper's Table 1, "YOLO", VOC 2007 + 2012 training), read as eval/voc07_map50 (VOC2007's
 11-point AP at IoU 0.5). Not measured here (no GPU, no VOC files).

@@ -59,10 +59,14 @@ Parameter counts at 81 classes (COCO's 80; the code's, which the paper's table r
   `backbone` holds CSPDarknet and the PAFPN (the reference's `backbone` is also the YOLOPAFPN); no
   ImageNet classifier is registered for it, as the paper trains YOLOX from scratch on COCO. Small runs:
   set `depth`/`width` freely (e.g. width 0.125); the input's height and width must be multiples of 32.
+  Checked once against the reference modules (nano, tiny, m; random weights, randomised BN statistics,
+  64 x 96 inputs, weights mapped by name): raw outputs within 1.3e-7, the training loss of a 3-image batch
+  (one without objects, with and without L1) within 3e-5 relative, per term. The reference code is not a
+  test dependency, so the tests check counts, the assignment on hand-built cases and the loss's terms.
 """
 import functools
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
