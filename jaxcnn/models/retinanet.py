@@ -53,7 +53,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcnn.errors import UserError, unknown
 from jaxcnn.layers import Conv
@@ -115,6 +114,9 @@ class FPNDetector(nn.Module):
                       f"{self.num_levels()} (returned_layers {layers} + extra_blocks {self.extra_blocks!r})")
     if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
       raise UserError(f"aspect_ratios={tuple(self.aspect_ratios)} must be positive numbers (height / width)")
+    if len({len(s) for s in self._anchor_sizes()}) != 1:
+      raise UserError(f"anchor_sizes={self._anchor_sizes()} must give every level the same number of sizes "
+                      "(one head serves all levels)")
     super().__post_init__()
 
   # --- static geometry ---------------------------------------------------------------------------------
@@ -338,8 +340,6 @@ class RetinaNet(FPNDetector):
                               **self._options())
 
   def __call__(self, x, train: bool = False) -> Dict[str, jax.Array]:
-    if len(set(self.anchor_generator().num_anchors_per_location())) != 1:
-      raise UserError("every level needs the same number of anchors per location (sizes x aspect ratios)")
     return self.head(self._pyramid(x, train), train)
 
   def box_coder(self) -> BoxCoder:

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from jaxcnn import create_model  # noqa: E402
-from test_retinanet_torch_parity import SIZE, check_parity, loss_parity, random_heads, run_both, targets_pair  # noqa: E402,E501
+from test_retinanet_torch_parity import (SIZE, check_parity, loss_parity, random_heads, run_both,  # noqa: E402
+                                         targets_pair)
 
 
 def test_fcos_heads_and_detections():
