@@ -46,6 +46,22 @@ anchors not between the thresholds / max(1, foreground) per image, box loss summ
 Small-model fields for offline runs: `backbone_name` ('resnet18', 'resnet34', ... ResNet-family models
 with the ImageNet stem), `returned_layers`, `fpn_channels`, `extra_blocks`, `anchor_sizes` (one tuple per
 level; default torchvision's (32, 40, 50) ... (512, 645, 812)), `aspect_ratios`, `head_convs`.
+
+Adaptive NMS (Liu et al. 2019, "Adaptive NMS: Refining Pedestrian Detection in a Crowd"), optional:
+`density_head=True` adds a density sub-network `head/density_head` (off by default: the parameters, the
+outputs and the torchvision parity above are then exactly as without it). It is a tower of `head_convs`
+3x3 conv(-GN)-ReLU (the norm of the other heads) and a 3x3 conv with one output per anchor (kernels
+N(0, 0.01), bias 0), shared over the levels like the other heads; `__call__` then also returns
+'density' [B, A, 1], raw: the predicted density is its sigmoid, in [0, 1]. Faithful to the paper: the
+target of an anchor matched to ground truth i is d_i = max over the image's other valid ground truths j
+of IoU(b_i, b_j) (0 for a lone object), learnt with a smooth L1 loss (beta 1) between sigmoid(density)
+and d_i on the foreground anchors, and at inference each kept box M suppresses with threshold
+max(nms_thresh, d_M) (`jaxcnn.ops.adaptive_nms`, class-aware with the labels as `idxs`, as
+`batched_nms` is; the candidates' own predicted densities). Simplified: the paper's subnet (a 1x1 conv
+on the features concatenated with the detection outputs, then a large 5x5 conv) is a tower on the
+pyramid features like the other heads, and the foreground is RetinaNet's matcher. The loss term is
+normalised like the box loss (per image by max(1, foreground), averaged over images), times
+`density_weight` (1.0), and reported (weighted, so the metrics still sum to the loss) as 'train/density'.
 """
 import math
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -58,8 +74,8 @@ from jaxcnn.errors import UserError, unknown
 from jaxcnn.layers import Conv
 from jaxcnn.layers.fpn import ConvNorm, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 from jaxcnn.losses import sigmoid_focal_loss, smooth_l1_loss
-from jaxcnn.ops import (AnchorGenerator, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes_to_image,
-                        generalized_box_iou_loss, retinanet_anchor_sizes)
+from jaxcnn.ops import (AnchorGenerator, BoxCoder, Matcher, adaptive_nms, batched_nms, box_iou,
+                        clip_boxes_to_image, generalized_box_iou_loss, retinanet_anchor_sizes)
 from jaxcnn.registry import create_model, register_model
 
 FPN_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -193,14 +209,19 @@ class FPNDetector(nn.Module):
       start += size
     return [jnp.concatenate(parts, axis=1) for parts in zip(*out)]
 
-  def _nms(self, boxes, scores, labels, valid) -> Dict[str, jax.Array]:
-    def one(b, s, l, v):
-      keep, _ = batched_nms(b, s, l, self.nms_thresh, max_output_size=self.detections_per_img, valid=v)
+  def _nms(self, boxes, scores, labels, valid, densities=None) -> Dict[str, jax.Array]:
+    """Class-aware NMS per image; with `densities` [B, N] (predicted, in [0, 1]) Adaptive NMS instead."""
+    def one(b, s, l, v, d):
+      if d is None:
+        keep, _ = batched_nms(b, s, l, self.nms_thresh, max_output_size=self.detections_per_img, valid=v)
+      else:
+        keep, _ = adaptive_nms(b, s, d, self.nms_thresh, max_output_size=self.detections_per_img, idxs=l,
+                               valid=v)
       ok = keep >= 0
       safe = jnp.maximum(keep, 0)
       return {"boxes": jnp.where(ok[:, None], b[safe], 0.0), "scores": jnp.where(ok, s[safe], 0.0),
               "labels": jnp.where(ok, l[safe], 0).astype(jnp.int32), "valid": ok}
-    return jax.vmap(one)(boxes, jnp.where(valid, scores, 0.0), labels, valid)
+    return jax.vmap(one)(boxes, jnp.where(valid, scores, 0.0), labels, valid, densities)
 
 
 def backbone_freeze_pattern(trainable_layers: int = 3, frozen_bn: bool = True) -> str:
@@ -287,12 +308,38 @@ class RetinaNetRegressionHead(nn.Module):
     return jnp.concatenate(out, axis=1)
 
 
+class DensityHead(nn.Module):
+  """Adaptive NMS density subnet: tower of `num_convs` 3x3 conv(-GN)-ReLU, then one raw density per anchor."""
+  num_anchors: int
+  norm: Optional[str] = None
+  num_convs: int = 4
+  channels: int = 256
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.conv = [ConvNorm(self.channels, 3, norm=self.norm, kernel_init=head_init, dtype=self.dtype,
+                          param_dtype=self.param_dtype) for _ in range(self.num_convs)]
+    self.density = Conv(self.num_anchors, (3, 3), padding=1, kernel_init=head_init, dtype=self.dtype,
+                        param_dtype=self.param_dtype)
+
+  def __call__(self, features, train: bool = False):
+    out = []
+    for f in features:
+      for conv in self.conv:
+        f = nn.relu(conv(f, train))
+      y = self.density(f)
+      out.append(y.reshape(y.shape[0], -1, 1))
+    return jnp.concatenate(out, axis=1)
+
+
 class RetinaNetHead(nn.Module):
   num_anchors: int
   num_classes: int
   norm: Optional[str] = None
   num_convs: int = 4
   channels: int = 256
+  density: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -301,10 +348,22 @@ class RetinaNetHead(nn.Module):
               param_dtype=self.param_dtype)
     self.classification_head = RetinaNetClassificationHead(self.num_anchors, self.num_classes, **kw)
     self.regression_head = RetinaNetRegressionHead(self.num_anchors, **kw)
+    if self.density:
+      self.density_head = DensityHead(self.num_anchors, **kw)
 
   def __call__(self, features, train: bool = False):
-    return {"cls_logits": self.classification_head(features, train),
-            "bbox_regression": self.regression_head(features, train)}
+    out = {"cls_logits": self.classification_head(features, train),
+           "bbox_regression": self.regression_head(features, train)}
+    if self.density:
+      out["density"] = self.density_head(features, train)
+    return out
+
+
+def density_targets(gt_boxes, gt_valid):
+  """Adaptive NMS density of each ground truth [M]: its largest IoU with another valid one of the image (0 alone)."""
+  iou = box_iou(gt_boxes, gt_boxes)
+  other = gt_valid[None, :] & ~jnp.eye(gt_boxes.shape[0], dtype=bool)
+  return jnp.max(jnp.where(other, iou, 0.0), axis=1, initial=0.0)
 
 
 class RetinaNet(FPNDetector):
@@ -320,6 +379,8 @@ class RetinaNet(FPNDetector):
   nms_thresh: float = 0.5
   detections_per_img: int = 300
   topk_candidates: int = 1000
+  density_head: bool = False          # Adaptive NMS density subnet + loss + adaptive_nms (module docstring)
+  density_weight: float = 1.0
 
   def __post_init__(self):
     _check(self.head_norm, "head_norm", HEAD_NORMS)
@@ -330,6 +391,8 @@ class RetinaNet(FPNDetector):
       raise UserError(f"bg_iou_thresh={self.bg_iou_thresh} must be <= fg_iou_thresh={self.fg_iou_thresh}")
     if self.detections_per_img < 1 or self.topk_candidates < 1:
       raise UserError("detections_per_img and topk_candidates must be >= 1")
+    if self.density_weight < 0:
+      raise UserError(f"density_weight={self.density_weight} must be >= 0")
     super().__post_init__()
 
   def setup(self):
@@ -337,7 +400,7 @@ class RetinaNet(FPNDetector):
     self.fpn = self._make_fpn()
     self.head = RetinaNetHead(self.anchor_generator().num_anchors_per_location()[0], self.num_classes,
                               norm=self.head_norm, num_convs=self.head_convs, channels=self.fpn_channels,
-                              **self._options())
+                              density=self.density_head, **self._options())
 
   def __call__(self, x, train: bool = False) -> Dict[str, jax.Array]:
     return self.head(self._pyramid(x, train), train)
@@ -355,7 +418,11 @@ class RetinaNet(FPNDetector):
     matcher, coder = Matcher(self.fg_iou_thresh, self.bg_iou_thresh, True), self.box_coder()
     num_classes = cls_logits.shape[-1]
 
-    def per_image(logits, reg, gt_boxes, gt_labels, gt_valid):
+    use_density = self.density_head
+    density = (jnp.asarray(outputs["density"], jnp.float32)[..., 0] if use_density
+               else jnp.zeros(cls_logits.shape[:2], jnp.float32))
+
+    def per_image(logits, reg, dens, gt_boxes, gt_labels, gt_valid):
       matches = matcher(box_iou(gt_boxes, anchors), gt_valid)
       fg = matches >= 0
       idx = jnp.maximum(matches, 0)
@@ -372,11 +439,19 @@ class RetinaNet(FPNDetector):
         beta = 0.0 if self.bbox_reg_loss == "l1" else 1.0
         per_anchor = jnp.sum(smooth_l1_loss(reg, coder.encode(matched, anchors), beta, reduction="none"), -1)
       box_loss = jnp.sum(jnp.where(fg, per_anchor, 0.0)) / norm
-      return cls_loss, box_loss
+      if not use_density:
+        return cls_loss, box_loss, jnp.float32(0.0)
+      target_density = density_targets(gt_boxes, gt_valid)[idx]
+      dens_loss = smooth_l1_loss(jax.nn.sigmoid(dens), target_density, 1.0, reduction="none")
+      return cls_loss, box_loss, jnp.sum(jnp.where(fg, dens_loss, 0.0)) / norm
 
-    cls_loss, box_loss = jax.vmap(per_image)(cls_logits, regression, boxes, labels, valid)
+    cls_loss, box_loss, dens_loss = jax.vmap(per_image)(cls_logits, regression, density, boxes, labels, valid)
     cls_loss, box_loss = jnp.mean(cls_loss), jnp.mean(box_loss)
-    return cls_loss + box_loss, {"train/classification": cls_loss, "train/bbox_regression": box_loss}
+    metrics = {"train/classification": cls_loss, "train/bbox_regression": box_loss}
+    if not use_density:
+      return cls_loss + box_loss, metrics
+    metrics["train/density"] = self.density_weight * jnp.mean(dens_loss)
+    return cls_loss + box_loss + metrics["train/density"], metrics
 
   def postprocess(self, outputs, image_size) -> Dict[str, jax.Array]:
     """torchvision's postprocess_detections with fixed shapes (see module docstring)."""
@@ -386,7 +461,10 @@ class RetinaNet(FPNDetector):
     top, anchor_idx, labels, valid = self._select(scores, image_size)
     deltas = jnp.take_along_axis(regression, anchor_idx[..., None], axis=1)
     boxes = clip_boxes_to_image(self.box_coder().decode(deltas, anchors[anchor_idx]), tuple(image_size))
-    return self._nms(boxes, top, labels, valid)
+    if not self.density_head:
+      return self._nms(boxes, top, labels, valid)
+    density = jax.nn.sigmoid(jnp.asarray(outputs["density"], jnp.float32)[..., 0])
+    return self._nms(boxes, top, labels, valid, jnp.take_along_axis(density, anchor_idx, axis=1))
 
 
 register_model("retinanet_resnet50_fpn")(RetinaNet)
