@@ -70,56 +70,63 @@ def loss_inputs(model):
 
 def test_density_loss_zero_at_target_and_normalised_like_the_box_loss():
   model = create_model("retinanet_resnet50_fpn", density_head=True, **SMALL)
+  weighted = create_model("retinanet_resnet50_fpn", density_head=True, density_weight=2.0, **SMALL)
+  plain = create_model("retinanet_resnet50_fpn", **SMALL)
   heads, targets = loss_inputs(model)
-  loss_fn = jax.jit(model.detection_loss, static_argnums=2)
   num_anchors = heads["cls_logits"].shape[1]
-  logit06 = np.log(0.6 / 0.4)
-  exact = np.broadcast_to(np.asarray([logit06, -30.0], np.float32)[:, None, None], (2, num_anchors, 1))
-  loss, metrics = loss_fn({**heads, "density": exact}, targets, SIZE)
-  assert abs(float(metrics["train/density"])) < 1e-6
-  ref_loss, ref_metrics = jax.jit(create_model("retinanet_resnet50_fpn", **SMALL).detection_loss,
-                                  static_argnums=2)(heads, targets, SIZE)
-  assert "train/density" not in ref_metrics
-  for key, value in ref_metrics.items():
-    np.testing.assert_allclose(float(metrics[key]), float(value), rtol=1e-6)
+  exact = np.broadcast_to(np.asarray([np.log(0.6 / 0.4), -30.0], np.float32)[:, None, None], (2, num_anchors, 1))
   # sigmoid(0) = 0.5 everywhere: every foreground anchor of image 0 costs 0.5 * 0.1^2, of image 1 0.5 * 0.5^2;
   # divided by the image's foreground count, averaged over the images
-  half = {**heads, "density": np.zeros((2, num_anchors, 1), np.float32)}
-  loss, metrics = loss_fn(half, targets, SIZE)
-  np.testing.assert_allclose(float(metrics["train/density"]), (0.005 + 0.125) / 2, rtol=1e-5)
-  np.testing.assert_allclose(float(loss), float(ref_loss) + (0.005 + 0.125) / 2, rtol=1e-5)
-  weighted = create_model("retinanet_resnet50_fpn", density_head=True, density_weight=2.0, **SMALL)
-  _, metrics2 = jax.jit(weighted.detection_loss, static_argnums=2)(half, targets, SIZE)
-  np.testing.assert_allclose(float(metrics2["train/density"]), 0.13, rtol=1e-5)
-  grad = jax.grad(lambda h: model.detection_loss(h, targets, SIZE)[0])(half)["density"]
-  assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).sum() > 0
+  half = np.zeros((2, num_anchors, 1), np.float32)
+
+  @jax.jit
+  def run(densities):
+    def loss(d):
+      return model.detection_loss({**heads, "density": d}, targets, SIZE)
+    (total, metrics), grad = jax.vmap(jax.value_and_grad(loss, has_aux=True))(densities)
+    return (total, metrics, grad, weighted.detection_loss({**heads, "density": densities[1]}, targets, SIZE),
+            plain.detection_loss(heads, targets, SIZE))
+
+  total, metrics, grad, (_, weighted_metrics), (ref_loss, ref_metrics) = run(jnp.stack([exact, half]))
+  assert "train/density" not in ref_metrics
+  for key, value in ref_metrics.items():
+    np.testing.assert_allclose(np.asarray(metrics[key]), [float(value)] * 2, rtol=1e-6)
+  assert abs(float(metrics["train/density"][0])) < 1e-6
+  np.testing.assert_allclose(float(total[0]), float(ref_loss), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["train/density"][1]), (0.005 + 0.125) / 2, rtol=1e-5)
+  np.testing.assert_allclose(float(total[1]), float(ref_loss) + (0.005 + 0.125) / 2, rtol=1e-5)
+  np.testing.assert_allclose(float(weighted_metrics["train/density"]), 0.13, rtol=1e-5)
+  assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad[1])).sum() > 0
 
 
-def two_box_heads(model, density, labels=(1, 1)):
-  """Raw outputs where exactly two anchors (one image) fire, decoding to boxes A and B with the given density."""
+def two_box_heads(model, cases):
+  """Raw outputs, one image per (density, labels) case, where exactly two anchors fire, decoding to A and B."""
   anchors = np.asarray(model.anchors(SIZE))
   num_anchors = len(anchors)
   picks = [num_anchors // 3, num_anchors // 3 + 5]
-  cls = np.full((1, num_anchors, 4), -10.0, np.float32)
-  reg = np.zeros((1, num_anchors, 4), np.float32)
-  dens = np.full((1, num_anchors, 1), -10.0, np.float32)
-  for i, (anchor, box, label, score) in enumerate(zip(picks, [A, B], labels, [4.0, 3.0])):
-    cls[0, anchor, label] = score
-    reg[0, anchor] = np.asarray(model.box_coder().encode(jnp.asarray([box]), jnp.asarray(anchors[anchor:anchor + 1])))[0]
-    dens[0, anchor, 0] = np.log(density / (1 - density))
+  cls = np.full((len(cases), num_anchors, 4), -10.0, np.float32)
+  reg = np.zeros((len(cases), num_anchors, 4), np.float32)
+  dens = np.full((len(cases), num_anchors, 1), -10.0, np.float32)
+  coder = model.box_coder()
+  for b, (density, labels) in enumerate(cases):
+    for anchor, box, label, score in zip(picks, [A, B], labels, [4.0, 3.0]):
+      cls[b, anchor, label] = score
+      reg[b, anchor] = np.asarray(coder.encode(jnp.asarray([box]), jnp.asarray(anchors[anchor:anchor + 1])))[0]
+      dens[b, anchor, 0] = np.log(density / (1 - density))
   return {"cls_logits": cls, "bbox_regression": reg, "density": dens}
 
 
-@pytest.mark.parametrize("density,labels,survivors", [(0.7, (1, 1), 2), (0.1, (1, 1), 1), (0.1, (1, 2), 2)])
-def test_postprocess_uses_adaptive_nms(density, labels, survivors):
+def test_postprocess_uses_adaptive_nms():
+  """Same-class boxes with IoU 0.6 at Nt 0.5: both kept at density 0.7, one at 0.1; other classes never suppress."""
+  cases = [(0.7, (1, 1)), (0.1, (1, 1)), (0.1, (1, 2))]
   model = create_model("retinanet_resnet50_fpn", density_head=True, nms_thresh=0.5, **SMALL)
-  heads = two_box_heads(model, density, labels)
-  dets = jax.jit(model.postprocess, static_argnums=1)(heads, SIZE)
-  valid = np.asarray(dets["valid"][0])
-  assert valid.sum() == survivors
-  np.testing.assert_allclose(np.asarray(dets["boxes"][0, :survivors]), np.asarray([A, B])[:survivors], atol=1e-3)
-  assert list(np.asarray(dets["labels"][0, :survivors])) == list(labels[:survivors])
-  # without the density head (no 'density' output read) the same class always suppresses at 0.5
+  heads = two_box_heads(model, cases)
   plain = create_model("retinanet_resnet50_fpn", nms_thresh=0.5, **SMALL)
-  ref = jax.jit(plain.postprocess, static_argnums=1)({k: v for k, v in heads.items() if k != "density"}, SIZE)
-  assert int(np.asarray(ref["valid"][0]).sum()) == (1 if labels[0] == labels[1] else 2)
+  # without the density head ('density' not read) same-class boxes always suppress at 0.5
+  dets, ref = jax.jit(lambda h: (model.postprocess(h, SIZE), plain.postprocess(
+      {k: v for k, v in h.items() if k != "density"}, SIZE)))(heads)
+  for b, ((_, labels), survivors) in enumerate(zip(cases, [2, 1, 2])):
+    assert np.asarray(dets["valid"][b]).sum() == survivors
+    np.testing.assert_allclose(np.asarray(dets["boxes"][b, :survivors]), np.asarray([A, B])[:survivors], atol=1e-3)
+    assert list(np.asarray(dets["labels"][b, :survivors])) == list(labels[:survivors])
+  assert list(np.asarray(ref["valid"]).sum(1)) == [1, 1, 2]
