@@ -16,7 +16,9 @@ classes, resnet50 and mobilenet_v2 batch 16 at 224x224 with 1000 classes,
 deeplabv3_resnet50 batch 4 at 256x256 with 21 classes (not in the default list:
 --models=deeplabv3_resnet50; jaxcnn.bench times the segmentation task's step,
 PyTorch the same per-pixel cross-entropy with ignore_index=255, both on labels
-with about 5% ignored pixels).
+with about 5% ignored pixels), retinanet_resnet50_fpn batch 2 at 512x512 with 91 classes (--models=
+retinanet_resnet50_fpn; the detection task's step against torchvision's train-mode loss dict with an identity
+transform, benchmarks/torch_detection_reference.py, both on 8 random boxes per image).
 The last line is one JSON object with everything.
 """
 import argparse
@@ -33,7 +35,9 @@ MODELS = {
     "vit_tiny_patch4_32": dict(batch=128, image_size=32, num_classes=10),
 }
 SEGMENTATION = {"deeplabv3_resnet50": dict(batch=4, image_size=256, num_classes=21)}
-SHAPES = {**MODELS, **SEGMENTATION}
+# num_classes is the dataset's K: the detector gets K + 1 (background), 91 as torchvision's COCO models.
+DETECTION = {"retinanet_resnet50_fpn": dict(batch=2, image_size=512, num_classes=90)}
+SHAPES = {**MODELS, **SEGMENTATION, **DETECTION}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,9 +46,10 @@ def _command(kind, model, shape, steps, warmup):
            f"--num-classes={shape['num_classes']}", f"--steps={steps}", f"--warmup={warmup}"]
   if kind == "torch":
     # ViTs against timm's implementation (the faster PyTorch baseline, and the one jaxcnn's ViT matches).
-    script = "torch_vit_reference.py" if model.startswith("vit_") else "torch_reference.py"
+    script = ("torch_vit_reference.py" if model.startswith("vit_") else
+              "torch_detection_reference.py" if model in DETECTION else "torch_reference.py")
     return [sys.executable, os.path.join(ROOT, "benchmarks", script)] + flags
-  task = ["--task=segmentation"] if model in SEGMENTATION else []
+  task = (["--task=segmentation"] if model in SEGMENTATION else ["--task=detection"] if model in DETECTION else [])
   return [sys.executable, "-m", "jaxcnn.bench"] + flags + task
 
 

@@ -12,14 +12,14 @@ A benchmark-only script: torch is not a dependency of jaxcnn.
 """
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 import torchvision
 from torchvision.models.detection.image_list import ImageList
+
+from torch_reference import timed  # same directory: run as a script, like torch_reference.py
 
 MODELS = {
     "retinanet_resnet50_fpn": torchvision.models.detection.retinanet_resnet50_fpn,
@@ -70,20 +70,7 @@ def bench(args) -> dict:
     optimizer.step()
     return loss
 
-  for _ in range(args.warmup):
-    step()
-  times, cpu_times = [], []
-  for _ in range(args.steps):
-    t, c = time.perf_counter(), time.process_time()
-    loss = step()
-    times.append(time.perf_counter() - t)
-    cpu_times.append(time.process_time() - c)
-  median = statistics.median(times)
-  return {"model": args.model, "framework": "torch", "batch": args.batch, "image_size": args.image_size,
-          "threads": torch.get_num_threads(), "step_ms_median": round(median * 1e3, 3),
-          "step_ms_min": round(min(times) * 1e3, 3), "images_per_s": round(args.batch / median, 2),
-          "cpu_s_per_step": round(statistics.median(cpu_times), 3),
-          "loss": loss.item(), "param_count": sum(p.numel() for p in model.parameters())}
+  return timed(step, model, args)
 
 
 def main(argv=None):

@@ -72,6 +72,11 @@ def bench(args) -> dict:
     optimizer.step()
     return loss
 
+  return timed(step, model, args)
+
+
+def timed(step, model, args) -> dict:
+  """Runs `step` (returning the loss) args.warmup + args.steps times; the JSON record of the timed steps."""
   for _ in range(args.warmup):
     step()
   times, cpu_times = [], []

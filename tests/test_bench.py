@@ -56,3 +56,18 @@ def test_segmentation_model_times_the_segmentation_step(capsys):
   np.testing.assert_allclose(r["loss"], nll[~ignored].mean(), rtol=1e-5)
   assert abs(r["loss"] - nll.mean()) > 1e-6  # the ignored pixels would change it
 
+
+
+def test_detector_times_the_detection_step(capsys):
+  # A detector (detection_loss + postprocess) is inferred; the batch has padded boxes, their validity and classes.
+  flags = ["--model=yolox_nano", "--option.width=0.125", "--batch=2", "--image-size=64", "--num-classes=3",
+           "--steps=1", "--warmup=0"]
+  assert bench.main(flags) == 0
+  r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert r["task"] == "detection" and r["images_per_s"] > 0 and r["compile_s"] > 0
+  batch = bench.synthetic_batch("detection", 4, 64, 3, 3)
+  assert sorted(batch) == ["box_classes", "boxes", "boxes_valid", "image"]
+  boxes, valid = np.asarray(batch["boxes"]), np.asarray(batch["boxes_valid"])
+  assert (boxes[..., 2:] > boxes[..., :2]).all() and boxes.min() >= 0 and boxes.max() <= 64
+  assert valid[1].all() and not valid[0, -2:].any()
+  assert np.asarray(batch["box_classes"]).max() < 3
