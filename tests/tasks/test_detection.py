@@ -124,3 +124,16 @@ def test_bad_setups_are_one_line_errors(overrides, match):
   with pytest.raises(UserError, match=match) as err:
     Detection(c, data_lib.dataset_info(c.data.name))
   assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("resize, shorter, expected", [
+    ("fit", 0, [(2.0, 2.0), (1.0, 1.0)]),       # 128x64 fitted into 64x64 -> 64x32; 64x64 unchanged
+    ("stretch", 0, [(2.0, 1.0), (1.0, 1.0)]),   # stretched to 64x64 whatever the aspect
+    ("fit", 16, [(4.0, 4.0), (4.0, 4.0)]),      # shorter side capped at 16: 32x16 and 16x16
+])
+def test_source_frame_maps_batch_pixels_back_to_each_source_image(resize, shorter, expected):
+  c = config()
+  with c.data.unlocked():
+    c.data.resize, c.data.resize_shorter = resize, shorter
+  task = Detection(c, data_lib.dataset_info("digits_det"))
+  np.testing.assert_allclose(task.source_frame(np.array([[128, 64], [64, 64]])), expected)
