@@ -8,7 +8,10 @@ Padded slots count nowhere; an image without boxes is a valid, all-background ex
 
 Models follow the detection contract (`jaxcnn/models/retinanet.py` describes it): `__call__` returns the raw
 head outputs, `detection_loss(outputs, targets, image_size, axis_name)` is the model's own loss as torchvision
-computes it, `postprocess(outputs, image_size)` the fixed-size detections. Labels follow torchvision's
+computes it, `postprocess(outputs, image_size)` the fixed-size detections. Two-stage detectors, whose
+second stage trains on proposals sampled against the ground truth, set `trains_with_targets = True`: their
+training forward receives `targets=` and a 'sampling' rng (fixed-size random fg/bg sampling) and returns
+what `detection_loss` needs. Labels follow torchvision's
 convention: the model is built with num_classes = K + 1 and dataset class c is model label c + 1 (0 is
 background), so torchvision's 91-class COCO weights and heads line up.
 
@@ -107,10 +110,13 @@ class Detection(Task):
             "valid": batch["boxes_valid"].astype(bool)}
 
   def loss(self, params, model_state, batch, rng):
+    targets = self.targets(batch)
+    dropout_rng, sampling_rng = jax.random.split(rng)
+    extra = {"targets": targets} if getattr(self.model, "trains_with_targets", False) else {}
     outputs, new_state = self.model.apply(
-        {"params": params, **model_state}, batch["image"], train=True, rngs={"dropout": rng},
-        mutable=list(model_state))
-    loss, metrics = self.model.detection_loss(outputs, self.targets(batch), batch["image"].shape[1:3],
+        {"params": params, **model_state}, batch["image"], train=True, **extra,
+        rngs={"dropout": dropout_rng, "sampling": sampling_rng}, mutable=list(model_state))
+    loss, metrics = self.model.detection_loss(outputs, targets, batch["image"].shape[1:3],
                                               axis_name=self.axis_name)
     metrics = {k: v for k, v in metrics.items() if k != "train/loss"}
     return loss, (new_state, {"train/loss": loss, **metrics})
