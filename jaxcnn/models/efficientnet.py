@@ -27,6 +27,11 @@ Backbone use: `return_features=True` returns {'stem', 'stage1'..'stage7'}:
 the stem output (stride 2) and each stage's last block (strides 2, 4, 8, 16,
 16, 32, 32); the 1x1 head conv belongs to the classifier and is skipped.
 
+TF padding: `tf_same_padding=True` pads every convolution as TensorFlow's 'SAME' (stride-2 layers
+pad (total // 2, total - total // 2), more at the bottom/right; stride 1 is the same as the default),
+as the official TF EfficientNet and timm's `tf_efficientnet_*` do (EfficientDet's backbone). Only the
+padding changes: the parameter tree is the same.
+
 Parameter names: `stem`, `stage{s}_block{b}/{expand,depthwise,se/{fc1,fc2},
 project}`, `head`, `classifier`; conv units are `layers.ConvBNAct`
 (`conv`, `bn`). `jaxcnn.convert.efficientnet` maps torchvision's
@@ -96,6 +101,7 @@ class EfficientNet(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  tf_same_padding: bool = False   # TensorFlow 'SAME' padding (module doc); default torchvision's (k - 1) // 2
 
   def __post_init__(self):
     if not (self.width_mult > 0 and self.depth_mult > 0):
@@ -113,7 +119,8 @@ class EfficientNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     unit = functools.partial(ConvBNAct, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                             bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+                             bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+                             padding="SAME" if self.tf_same_padding else None)
     x = unit(make_divisible(B0_STAGES[0][3] * self.width_mult, 8), 3, 2, activation=nn.silu,
              name="stem")(x, train)
     features = {"stem": x}
