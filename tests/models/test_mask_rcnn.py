@@ -141,7 +141,9 @@ def run_eval(model, jmodel, variables, x):
     detections = model(list(torch.from_numpy(x)))
   hook.remove()
   outputs = jax.jit(jmodel.apply)(variables, x.transpose(0, 2, 3, 1))
-  jdets = jax.device_get(jax.jit(jmodel.postprocess, static_argnums=1)(outputs, x.shape[2:]))
+  # as the detection task does: every output cast to float32 (labels and validity included) before postprocess
+  as_float = jax.tree.map(lambda a: a.astype(jnp.float32), outputs)
+  jdets = jax.device_get(jax.jit(jmodel.postprocess, static_argnums=1)(as_float, x.shape[2:]))
   return seen["logits"].numpy().transpose(0, 2, 3, 1), detections, jax.device_get(outputs), jdets
 
 
@@ -238,13 +240,14 @@ def test_small_mask_rcnn_loss_matches_torchvision():
   with torch.no_grad():
     expected = model(list(torch.from_numpy(x)), torch_targets)
 
-  def loss_fn(variables):
-    out, _ = jmodel.apply(variables, x.transpose(0, 2, 3, 1), train=True, targets=targets,
+  def loss_fn(params):
+    out, _ = jmodel.apply({**variables, "params": params}, x.transpose(0, 2, 3, 1), train=True, targets=targets,
                           rngs={"sampling": jax.random.key(0)}, mutable=["batch_stats"])
     loss, metrics = jmodel.detection_loss(out, targets, SIZE)
-    return loss, metrics, out
+    return loss, (metrics, out)
 
-  loss, metrics, out = jax.device_get(jax.jit(loss_fn)(variables))
+  (loss, (metrics, out)), grads = jax.device_get(
+      jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"]))
   assert sorted(metrics) == sorted(f"train/{k}" for k in expected)
   for key, value in expected.items():
     np.testing.assert_allclose(float(metrics[f"train/{key}"]), float(value), rtol=1e-4, err_msg=key)
@@ -257,6 +260,12 @@ def test_small_mask_rcnn_loss_matches_torchvision():
   assert out["mask_logits"].shape == (3, 104, 28, 28, 11) and pos[1].sum() == 0 and pos[2].sum() >= 4
   for i in range(3):
     np.testing.assert_array_equal(out["mask_proposals"][i][mask_pos[i]], out["roi_proposals"][i][pos[i]])
+  # loss_mask trains the mask branch and, through the pooled features, the backbone
+  for path in (("mask_predictor", "mask_fcn_logits"), ("mask_head", "conv_0"), ("fpn", "layer_blocks_0", "conv")):
+    g = grads
+    for key in path:
+      g = g[key]
+    assert np.isfinite(g["kernel"]).all() and np.abs(g["kernel"]).max() > 0, path
   # without loss_mask's positives the mask loss is zero, as torchvision's
   no_pos = {**out, "mask_positive": np.zeros_like(mask_pos)}
   assert float(jmodel.detection_loss(no_pos, targets, SIZE)[1]["train/loss_mask"]) == 0.0
