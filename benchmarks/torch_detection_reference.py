@@ -26,6 +26,7 @@ MODELS = {
     "retinanet_resnet50_fpn_v2": torchvision.models.detection.retinanet_resnet50_fpn_v2,
     "fcos_resnet50_fpn": torchvision.models.detection.fcos_resnet50_fpn,
     "ssd300_vgg16": torchvision.models.detection.ssd300_vgg16,
+    "fasterrcnn_resnet50_fpn": torchvision.models.detection.fasterrcnn_resnet50_fpn,
 }
 BOXES = 8
 

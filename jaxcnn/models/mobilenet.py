@@ -70,8 +70,8 @@ when dilated). DeepLabV3 feeds 'high' to its head and 'low' to its auxiliary
 head; LR-ASPP uses both. 'tail_expand' is the 1x1 expansion output of the
 block that opens the last stage (large: 672 channels at stride 16), where
 SSDLite attaches its first prediction layer (the paper's section 6.2).
-`bn_momentum` and `kernel_init` (of every convolution) default to
-torchvision's classification settings; SSDLite sets its own.
+`bn_momentum`, `bn_epsilon` and `kernel_init` (of every convolution) default to
+torchvision's classification settings; SSDLite and Faster R-CNN set their own.
 
 Parameter names: v1 `stem`, `block{i}/{depthwise,pointwise}`, `classifier`;
 v2 `stem`, `block{i}/{expand,depthwise,project}`, `head`, `classifier`;
@@ -327,6 +327,7 @@ class MobileNetV3(nn.Module):
   reduced_tail: bool = False       # torchvision's option: the last stage at half width
   dilated: bool = False            # the last stage at output stride 16, depthwise convs dilated by 2
   bn_momentum: float = 0.99        # flax convention: torch's momentum 0.01 (SSDLite: 0.97, torch's 0.03)
+  bn_epsilon: float = 1e-3         # torchvision's detection backbones (Faster R-CNN): plain BatchNorm2d, 1e-5
   kernel_init: Any = conv_kaiming_fan_out  # of every convolution (SSDLite from scratch: N(0, 0.03))
   dropout_rate: float = 0.2
   return_features: bool = False
@@ -360,7 +361,7 @@ class MobileNetV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    unit = functools.partial(ConvBNAct, bn_momentum=self.bn_momentum, bn_epsilon=1e-3,
+    unit = functools.partial(ConvBNAct, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                              bn_axis_name=self.bn_axis_name, kernel_init=self.kernel_init, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     x = unit(make_divisible(V3_STEM * self.width_mult, 8), 3, 2, activation=nn.hard_swish, name="stem")(x, train)

@@ -42,8 +42,10 @@ Faster R-CNN (torchvision's `FasterRCNN`):
   than 1e-2 removed, batched NMS 0.5 per class, 100 detections.
 Fixed shapes: every set is a mask; proposals are `rpn_post_nms_top_n` padded slots; sampling draws uniform
 keys from the 'sampling' rng and takes the top-k of the masked keys (a uniformly random subset of the
-sampler's sizes, as torchperm's randperm); the sampled RoIs fill `box_batch_size_per_image` slots (fewer
+sampler's sizes, as torch's randperm); the sampled RoIs fill `box_batch_size_per_image` slots (fewer
 when there are fewer candidates, the rest marked invalid; the v2 head's BatchNorm statistics skip them).
+RoIAlign runs as gathers (`gather_roi_align`: each box reads the 4 neighbours of its sample points on its own
+level; equal to `jaxcnn.ops.multiscale_roi_align`, whose separable matmuls touch every level and pixel).
 Deviation: before the final NMS only the `box_candidates` (4096) best-scoring (proposal, class) pairs above
 score_thresh are kept (torchvision keeps all; identical whenever fewer pairs pass the threshold).
 Ties between equal scores may order differently from torchvision's CPU batched_nms (it re-sorts unstably).
@@ -70,7 +72,7 @@ Fast R-CNN (`fastrcnn_vgg16`, Girshick 2015), proposals supplied from outside (`
   added to the RoIs in training (as in the released code).
   Not reproduced: the image pyramid / scale jitter (single scale: the data pipeline's), SVD of fc layers,
   flipping (the data pipeline's), initialising fc6/fc7 from the ImageNet classifier (the backbone is the
-  registered `vgg16` without its classifier; copy its fc1/fc2 into box_head/fc6, fc7 by hand), freezing
+  registered `vgg16` without its classifier; copy its fc1/fc2 into roi_box_head/fc6, fc7 by hand), freezing
   conv1-conv2 (use the trainer's `finetune.freeze` regex '^backbone/block[12]_').
   R-CNN (Girshick et al. 2014) differs by warping each proposal to 227x227 and running the whole CNN per
   proposal, then class-wise SVMs: that is this model with the CNN moved after the crop, which is not built
@@ -164,6 +166,68 @@ def _final_nms(boxes, scores, labels, valid, iou_threshold, max_out):
     return {"boxes": jnp.where(ok[:, None], b[safe], 0.0), "scores": jnp.where(ok, s[safe], 0.0),
             "labels": jnp.where(ok, l[safe], 0).astype(jnp.int32), "valid": ok}
   return jax.vmap(one)(boxes, jnp.where(valid, scores, 0.0), labels, valid)
+
+
+def _sample_axis(start, bin_size, out: int, ratio: int, length):
+  """torchvision's roi_align sample points along one axis: indices and weights [..., out, ratio, 2] (low, high)."""
+  p = jnp.arange(out, dtype=start.dtype)[:, None]
+  i = jnp.arange(ratio, dtype=start.dtype)[None, :]
+  b = bin_size[..., None, None]
+  y = start[..., None, None] + p * b + (i + 0.5) * b / ratio
+  length = length[..., None, None]
+  use = ~((y < -1.0) | (y > length.astype(y.dtype)))
+  y = jnp.maximum(y, 0.0)
+  low = jnp.floor(y).astype(jnp.int32)
+  at_end = low >= length - 1
+  low = jnp.where(at_end, length - 1, low)
+  high = jnp.where(at_end, length - 1, low + 1)
+  frac = jnp.where(at_end, 0.0, y - low.astype(y.dtype))
+  weights = jnp.stack([jnp.where(use, 1.0 - frac, 0.0), jnp.where(use, frac, 0.0)], -1)
+  return jnp.stack([low, high], -1), weights
+
+
+def gather_roi_align(features: Sequence[jax.Array], boxes, output_size: int, sampling_ratio: int,
+                     image_size: Tuple[int, int], roi_chunk: int = 128) -> jax.Array:
+  """`jaxcnn.ops.multiscale_roi_align` (torchvision's MultiScaleRoIAlign, aligned=False) for a fixed
+  `sampling_ratio` > 0, as gathers: each box reads its own level only, at the 4 neighbours of its
+  PH x PW x ratio^2 sample points. Per box that is O(PH PW ratio^2 C) instead of the separable matmuls'
+  O(PH H W C) on every level, which dominates a training step at 512 RoIs per image.
+
+  features: NHWC maps, finest first; boxes [B, R, 4] xyxy in image pixels -> [B, R, PH, PW, C].
+  """
+  from jaxcnn.ops import infer_scale, roi_level_mapper
+  scales = [infer_scale(f.shape[1], image_size[0]) for f in features]
+  boxes = jnp.asarray(boxes, jnp.float32)
+  if len(features) == 1:
+    levels = jnp.zeros(boxes.shape[:2], jnp.int32)
+  else:
+    levels = roi_level_mapper(boxes, int(-math.log2(scales[0])), int(-math.log2(scales[-1])))
+  heights = jnp.asarray([f.shape[1] for f in features], jnp.int32)[levels]
+  widths = jnp.asarray([f.shape[2] for f in features], jnp.int32)[levels]
+  offsets = jnp.asarray([0] + [int(f.shape[1] * f.shape[2]) for f in features[:-1]], jnp.int32)
+  offsets = jnp.cumsum(offsets)[levels]
+  scale = jnp.asarray(scales, jnp.float32)[levels]
+  x1, y1, x2, y2 = (boxes[..., j] * scale for j in range(4))
+  roi_h, roi_w = jnp.maximum(y2 - y1, 1.0), jnp.maximum(x2 - x1, 1.0)
+  out, r = int(output_size), int(sampling_ratio)
+  yi, wy = _sample_axis(y1, roi_h / out, out, r, heights)       # [B, R, out, r, 2]
+  xi, wx = _sample_axis(x1, roi_w / out, out, r, widths)
+  e = lambda a, axes: jnp.expand_dims(a, axes)
+  idx = (e(offsets, (2, 3, 4, 5, 6, 7)) + e(yi, (3, 6, 7)) * e(widths, (2, 3, 4, 5, 6, 7)) + e(xi, (2, 4, 5)))
+  w = e(wy, (3, 6, 7)) * e(wx, (2, 4, 5)) / float(r * r)     # [B, R, PH, PW, r, 2, r, 2]
+  shape = boxes.shape[:2] + (out, out, 4 * r * r)
+  idx, w = idx.transpose(0, 1, 2, 3, 4, 6, 5, 7).reshape(shape), w.transpose(0, 1, 2, 3, 4, 6, 5, 7).reshape(shape)
+  flat = jnp.concatenate([f.reshape(f.shape[0], -1, f.shape[-1]) for f in features], 1)
+  flat = flat.astype(jnp.promote_types(flat.dtype, jnp.float32))
+  # one table for the batch (image b's rows start at b * N); RoIs in chunks bound the gathered values'
+  # memory to roi_chunk x PH x PW x 4 ratio^2 x C
+  b, n, c = flat.shape
+  idx = idx + (jnp.arange(b, dtype=jnp.int32) * n)[:, None, None, None, None]
+  table = flat.reshape(b * n, c)
+  rows = lambda a: a.reshape((-1,) + a.shape[2:])
+  pooled = jax.lax.map(lambda a: jnp.sum(a[1][..., None] * table[a[0]], axis=-2), (rows(idx), rows(w)),
+                       batch_size=min(roi_chunk, b * boxes.shape[1]))
+  return pooled.reshape(boxes.shape[:2] + pooled.shape[1:])
 
 
 # --- modules ---------------------------------------------------------------------------------------------
@@ -490,8 +554,10 @@ class FasterRCNN(RoIHeadsMixin, nn.Module):
     return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
   def setup(self):
+    # torchvision builds its detection MobileNets with plain BatchNorm2d (eps 1e-5, momentum 0.1)
+    extra = dict(bn_epsilon=1e-5, bn_momentum=0.9) if self._mobilenet() else {}
     self.backbone = create_model(self.backbone_name, return_features=True, bn_axis_name=self.bn_axis_name,
-                                 **self._options())
+                                 **extra, **self._options())
     self.fpn = FeaturePyramidNetwork(self.fpn_channels, norm=self.fpn_norm, extra_blocks=LastLevelMaxPool(),
                                      bn_axis_name=self.bn_axis_name, **self._options())
     self.rpn_head = RPNHead(self.anchor_generator().num_anchors_per_location()[0], self.fpn_channels,
@@ -519,10 +585,10 @@ class FasterRCNN(RoIHeadsMixin, nn.Module):
 
   def pool_rois(self, features, boxes, image_size, output_size=None, sampling_ratio=None):
     """MultiScaleRoIAlign(['0'..'3'], output_size, sampling_ratio) of per-image boxes [B, R, 4] -> [B, R, s, s, C]."""
-    return multiscale_roi_align(list(features[:self.roi_levels()]), boxes,
-                                output_size or self.roi_output_size,
-                                self.roi_sampling_ratio if sampling_ratio is None else sampling_ratio,
-                                tuple(int(s) for s in image_size))
+    ratio = self.roi_sampling_ratio if sampling_ratio is None else sampling_ratio
+    args = (list(features[:self.roi_levels()]), boxes, output_size or self.roi_output_size, ratio,
+            tuple(int(s) for s in image_size))
+    return gather_roi_align(*args) if ratio > 0 else multiscale_roi_align(*args)
 
   def box_branch(self, features, boxes, image_size, train: bool, mask=None):
     pooled = self.pool_rois(features, jax.lax.stop_gradient(boxes), image_size)
