@@ -17,14 +17,17 @@ model for each choice:
     the references' COCO loader drops it, with a warning that counts the
     dropped boxes (the first, the second, the fourth, ... are logged with the
     example they came from); its per-box values go with it;
-  * a class outside 0..num_classes-1, coordinates that are not finite, or
-    per-box fields whose lengths differ are a UserError naming the example;
+  * a class outside 0..num_classes-1, coordinates that are not finite,
+    per-box fields whose lengths differ, or box masks that are not one
+    0/1 mask of the image's size per box ([N, H, W]) are a UserError naming
+    the example;
   * an example with no boxes is valid: every slot is padding (background);
   * more boxes than data.max_boxes is a UserError naming the example and
     data.max_boxes (never a silent truncation).
 The result has fixed shapes: boxes [M, 4] float32 with the kept boxes first
 in their source order, '<boxes>_valid' bool [M], each per-box field [M]
-(box_class int32, box_flag bool), padding slots zero / False, M = max_boxes.
+(box_class int32, box_flag bool) or [M, H, W] (box_mask uint8 0/1, H x W the
+image's size), padding slots zero / False, M = max_boxes.
 """
 import logging
 import threading
@@ -37,7 +40,7 @@ from jaxcnn.errors import UserError
 
 log = logging.getLogger("jaxcnn")
 
-PER_BOX_DTYPES = {"box_class": np.int32, "box_flag": np.bool_}
+PER_BOX_DTYPES = {"box_class": np.int32, "box_flag": np.bool_, "box_mask": np.uint8}
 
 
 def tfds_objects(example: dict, what: str, flags: Mapping[str, str] = ()) -> Dict[str, np.ndarray]:
@@ -89,7 +92,8 @@ def enter_boxes(boxes, valid: Optional[np.ndarray], per_box: Mapping[str, Tuple[
   Args:
     boxes: [N, 4] xyxy pixels of the image as read.
     valid: optional bool [N]: only these rows are boxes (a source that pads itself, like digits_det).
-    per_box: {field: (kind, [N] values)} with kind 'box_class' or 'box_flag'.
+    per_box: {field: (kind, values)}: kind 'box_class' or 'box_flag' with [N] values, or 'box_mask' with
+      [N, H, W] (or [N, H, W, 1]) 0/1 or bool masks of the image's size.
     image_hw: (H, W) of the image as read: boxes are clipped to it.
     num_classes: box_class values must be in 0..num_classes-1.
     max_boxes: M.
@@ -100,7 +104,8 @@ def enter_boxes(boxes, valid: Optional[np.ndarray], per_box: Mapping[str, Tuple[
   if boxes.ndim != 2 or boxes.shape[1] != 4:
     raise UserError(f"{what}: boxes must be [N, 4] (x1, y1, x2, y2), got shape {boxes.shape}")
   n = len(boxes)
-  values = {name: np.asarray(v).reshape(-1) for name, (_, v) in per_box.items()}
+  values = {name: np.atleast_1d(np.asarray(v)) if kind == "box_mask" else np.asarray(v).reshape(-1)
+            for name, (kind, v) in per_box.items()}
   if valid is not None:
     valid = np.asarray(valid, bool).reshape(-1)
     values["<validity>"] = valid
@@ -108,6 +113,9 @@ def enter_boxes(boxes, valid: Optional[np.ndarray], per_box: Mapping[str, Tuple[
   if counts:
     raise UserError(f"{what}: {n} boxes but per-box fields of other lengths {counts}; each box needs one value "
                     f"in every per-box field")
+  for name, (kind, _) in per_box.items():
+    if kind == "box_mask":
+      values[name] = _box_masks(values[name], image_hw, name, what)
   keep = values.pop("<validity>") if valid is not None else np.ones(n, bool)
   boxes = boxes[keep]
   values = {k: v[keep] for k, v in values.items()}
@@ -132,7 +140,24 @@ def enter_boxes(boxes, valid: Optional[np.ndarray], per_box: Mapping[str, Tuple[
   padded, slots = geometry.pad_boxes(boxes, max_boxes, what)
   out = {}
   for name, (kind, _) in per_box.items():
-    column = np.zeros(max_boxes, PER_BOX_DTYPES[kind])
+    column = np.zeros((max_boxes,) + (tuple(image_hw) if kind == "box_mask" else ()), PER_BOX_DTYPES[kind])
     column[:len(boxes)] = values[name][has_area]
     out[name] = column
   return padded, slots, out
+
+
+def _box_masks(masks: np.ndarray, image_hw: Sequence[int], name: str, what: str) -> np.ndarray:
+  """uint8 [N, H, W] of a box_mask field, or a UserError: one 0/1 mask of the image's size per box."""
+  h, w = (int(v) for v in image_hw)
+  if masks.ndim == 4 and masks.shape[-1] == 1:
+    masks = masks[..., 0]
+  if masks.size == 0 and masks.ndim != 3:
+    return np.zeros((len(masks), h, w), np.uint8)
+  if masks.ndim != 3 or masks.shape[1:] != (h, w):
+    raise UserError(f"{what}: '{name}' has shape {masks.shape}; want [N, {h}, {w}]: one mask of the image's "
+                    f"size ({h}x{w}) per box")
+  if masks.dtype != np.bool_:
+    bad = (masks != 0) & (masks != 1)
+    if bad.any():
+      raise UserError(f"{what}: '{name}' holds value {masks[bad][0].item()}; want 0/1 (or bool) instance masks")
+  return np.asarray(masks, np.uint8)

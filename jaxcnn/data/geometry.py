@@ -2,12 +2,13 @@
 
 An example is a dict of fields; `kinds` ({name: kind}, `DatasetInfo.field_kinds`)
 says which are spatial: the 'image' (uint8 [H, W, C]) is resampled
-bilinearly, every 'mask' (integer label map [H, W]) by nearest neighbour, and
-every 'boxes' field (float [N, 4], x1, y1, x2, y2 in pixels) by the coordinate
-map; fields of other kinds pass through unchanged. A boxes field `name` may come
-with a bool [N] validity field `name + '_valid'` (fixed-size padded boxes); the
-transforms keep it up to date, so padded and emptied boxes travel as invalid
-slots instead of changing N.
+bilinearly, every 'mask' (integer label map [H, W]) and every 'box_mask'
+field (uint8 0/1 [N, H, W], one instance mask per box slot) by nearest
+neighbour, and every 'boxes' field (float [N, 4], x1, y1, x2, y2 in pixels) by
+the coordinate map; fields of other kinds pass through unchanged. A boxes
+field `name` may come with a bool [N] validity field `name + '_valid'`
+(fixed-size padded boxes); the transforms keep it up to date, so padded and
+emptied boxes travel as invalid slots instead of changing N.
 
 Coordinates are pixel edges: pixel (row i, column j) covers [j, j + 1) x
 [i, i + 1), and a box covers [x1, x2) x [y1, y2). Resizing from (h, w) to
@@ -21,7 +22,14 @@ boxes to the crop; a box left without area (x2 <= x1 or y2 <= y1) is marked
 invalid (its clipped coordinates are kept). Padding adds rows and columns at
 the bottom and right (as torchvision's segmentation references pad), the
 image with 0 (black, before normalisation), masks with the ignore label, so
-no loss or metric counts the padding; boxes do not move.
+no loss or metric counts the padding, box masks with 0 (no instance there);
+boxes do not move. A box mask moves exactly as the image does while its
+slot's box is clipped, invalidated or flipped with it: a mask whose pixel
+centres lie inside an integer-edged box (e.g. the tight box of its pixels)
+has them inside the moved box after a flip, crop, pad, place or one resize;
+a resize of a box with fractional edges can leave a mask pixel centre
+outside it by less than one pixel of the coarser of the two sizes
+(nearest-neighbour rounding).
 
 Random transforms draw from the caller's `np.random.Generator` in this order
 and amount: `random_scale` one uniform, `random_crop` one pair of integers
@@ -31,11 +39,11 @@ and amount: `random_scale` one uniform, `random_crop` one pair of integers
 Detection augmentations of SSD (Liu et al. 2016), with torchvision's
 references/detection RandomZoomOut and RandomIoUCrop as the model: `zoom_out`
 places the image on a canvas up to 4 times its size filled with the dataset
-mean (boxes shift with it, masks get the ignore label), `iou_crop` takes a
-crop whose overlap with some box reaches a randomly chosen minimum IoU and
-invalidates the boxes whose centres fall outside it. Neither removes or
-reorders slots: a box that leaves is marked invalid, so every per-box field
-(classes, flags) stays aligned with its box.
+mean (boxes shift with it, masks get the ignore label, box masks 0),
+`iou_crop` takes a crop whose overlap with some box reaches a randomly chosen
+minimum IoU and invalidates the boxes whose centres fall outside it. Neither
+removes or reorders slots: a box that leaves is marked invalid, so every
+per-box field (classes, flags, masks) stays aligned with its box.
 
 Fixed-size outputs: `fit` (resize keeping the aspect ratio so that the image
 fits inside H x W, optionally with the shorter side limited as torchvision's
@@ -69,9 +77,21 @@ def resize_mask(mask: np.ndarray, size) -> np.ndarray:
   h, w = mask.shape[:2]
   if (h, w) == (out_h, out_w):
     return mask
-  rows = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.intp), h - 1)
-  cols = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.intp), w - 1)
-  return mask[rows[:, None], cols[None, :]]
+  return mask[_nearest(h, out_h)[:, None], _nearest(w, out_w)[None, :]]
+
+
+def resize_box_masks(masks: np.ndarray, size) -> np.ndarray:
+  """`resize_mask` of every mask of a stack [N, H, W] (the same pixel map for each)."""
+  out_h, out_w = transforms.hw(size)
+  h, w = masks.shape[-2:]
+  if (h, w) == (out_h, out_w):
+    return masks
+  return masks[:, _nearest(h, out_h)[:, None], _nearest(w, out_w)[None, :]]
+
+
+def _nearest(n: int, out_n: int) -> np.ndarray:
+  """The input index each of `out_n` output pixels reads: the one its centre falls in."""
+  return np.minimum(((np.arange(out_n) + 0.5) * (n / out_n)).astype(np.intp), n - 1)
 
 
 def scale_boxes(boxes: np.ndarray, sy: float, sx: float) -> np.ndarray:
@@ -117,7 +137,7 @@ def _set_boxes(out: Example, name: str, boxes: np.ndarray, valid: np.ndarray) ->
 
 
 def resize(example: Example, kinds: Mapping[str, str], size) -> Example:
-  """Every spatial field at `size` (int or (H, W)): image bilinear, masks nearest, boxes scaled."""
+  """Every spatial field at `size` (int or (H, W)): image bilinear, masks and box masks nearest, boxes scaled."""
   out_h, out_w = transforms.hw(size)
   h, w = size_of(example)
   if (h, w) == (out_h, out_w):
@@ -126,13 +146,15 @@ def resize(example: Example, kinds: Mapping[str, str], size) -> Example:
   out["image"] = transforms.resize(example["image"], (out_h, out_w))
   for name in _spatial(kinds, example, "mask"):
     out[name] = resize_mask(example[name], (out_h, out_w))
+  for name in _spatial(kinds, example, "box_mask"):
+    out[name] = resize_box_masks(example[name], (out_h, out_w))
   for name in _spatial(kinds, example, "boxes"):
     out[name] = scale_boxes(example[name], out_h / h, out_w / w)
   return out
 
 
 def pad(example: Example, kinds: Mapping[str, str], size, ignore_label: int) -> Example:
-  """Pads the bottom and right to at least `size`: image with 0, masks with `ignore_label`."""
+  """Pads the bottom and right to at least `size`: image with 0, masks with `ignore_label`, box masks with 0."""
   min_h, min_w = transforms.hw(size)
   h, w = size_of(example)
   dh, dw = max(0, min_h - h), max(0, min_w - w)
@@ -142,6 +164,8 @@ def pad(example: Example, kinds: Mapping[str, str], size, ignore_label: int) -> 
   out["image"] = np.pad(example["image"], ((0, dh), (0, dw), (0, 0)))
   for name in _spatial(kinds, example, "mask"):
     out[name] = np.pad(example[name], ((0, dh), (0, dw)), constant_values=ignore_label)
+  for name in _spatial(kinds, example, "box_mask"):
+    out[name] = np.pad(example[name], ((0, 0), (0, dh), (0, dw)))
   return out
 
 
@@ -152,6 +176,8 @@ def crop(example: Example, kinds: Mapping[str, str], top: int, left: int, size) 
   out["image"] = example["image"][top:top + out_h, left:left + out_w]
   for name in _spatial(kinds, example, "mask"):
     out[name] = example[name][top:top + out_h, left:left + out_w]
+  for name in _spatial(kinds, example, "box_mask"):
+    out[name] = example[name][:, top:top + out_h, left:left + out_w]
   for name in _spatial(kinds, example, "boxes"):
     _set_boxes(out, name, *crop_boxes(example[name], _valid(example, name), top, left, (out_h, out_w)))
   return out
@@ -163,6 +189,8 @@ def flip(example: Example, kinds: Mapping[str, str]) -> Example:
   out["image"] = example["image"][:, ::-1]
   for name in _spatial(kinds, example, "mask"):
     out[name] = example[name][:, ::-1]
+  for name in _spatial(kinds, example, "box_mask"):
+    out[name] = example[name][:, :, ::-1]
   for name in _spatial(kinds, example, "boxes"):
     out[name] = flip_boxes(example[name], size_of(example)[1])
   return out
@@ -229,7 +257,7 @@ def fit(example: Example, kinds: Mapping[str, str], size, ignore_label: int, sho
 def place(example: Example, kinds: Mapping[str, str], top: int, left: int, canvas_hw, fill,
           ignore_label: int) -> Example:
   """The example pasted at (top, left) of a canvas: image filled with `fill` (per channel), masks with
-  `ignore_label`, boxes shifted by (left, top)."""
+  `ignore_label`, box masks with 0, boxes shifted by (left, top)."""
   h, w = size_of(example)
   canvas_h, canvas_w = canvas_hw
   image = example["image"]
@@ -242,6 +270,10 @@ def place(example: Example, kinds: Mapping[str, str], top: int, left: int, canva
     mask = np.full((canvas_h, canvas_w), ignore_label, example[name].dtype)
     mask[top:top + h, left:left + w] = example[name]
     out[name] = mask
+  for name in _spatial(kinds, example, "box_mask"):
+    masks = np.zeros((len(example[name]), canvas_h, canvas_w), example[name].dtype)
+    masks[:, top:top + h, left:left + w] = example[name]
+    out[name] = masks
   for name in _spatial(kinds, example, "boxes"):
     out[name] = (np.asarray(example[name], np.float32) + np.array([left, top, left, top], np.float32))
   return out
@@ -254,7 +286,7 @@ def zoom_out(example: Example, kinds: Mapping[str, str], rng: np.random.Generato
   Draws: one uniform u (zoom when u < p); then r = side_range[0] + U * (side_range[1] - side_range[0]), the
   canvas int(w * r) x int(h * r), and two uniforms (a, b) placing the image at left = int((W - w) * a),
   top = int((H - h) * b). The canvas is filled with `fill` (the dataset mean, in uint8), masks with the
-  ignore label; boxes shift with the image.
+  ignore label, box masks with 0; boxes shift with the image.
   """
   if rng.random() >= p:
     return example

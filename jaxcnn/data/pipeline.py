@@ -40,6 +40,9 @@ dataset's native shape), a local batch of b examples holds:
   <boxes field>  float32 [b, M, 4]     xyxy pixels of the output image, with '<name>_valid' bool [b, M]
   <per-box>      int32 / bool [b, M]   'box_class' fields (classes 0..K-1) / 'box_flag' fields, slot by slot
                                        with the boxes (e.g. 'box_classes', 'box_crowd', 'box_difficult')
+  <box masks>    uint8 [b, M, H, W]    'box_mask' fields: slot m's instance mask (0/1) in the output image,
+                                       zero in padding slots and outside the image (e.g. digits_inst's
+                                       'box_masks')
   source_hw      int32 [b, 2]          datasets with boxes: (h, w) of each image as the source gave it
   extra fields   as the source gives them
   mask           float32 [b]           eval only: 1 for examples, 0 for padding positions
@@ -55,7 +58,11 @@ area, or whose centre an iou_crop leaves out, is only marked invalid (its
 coordinates and per-box values stay in the slot). So in every batch a slot's
 box, validity and per-box values belong together, valid boxes have positive
 area inside the output image, and invalid slots must be ignored whatever they
-hold. An image without boxes is a valid example (all padding).
+hold. An image without boxes is a valid example (all padding). Box masks
+enter with their boxes (one 0/1 mask of the image's size per box, else a
+UserError naming the example; dropped with a dropped box) and every
+geometric step moves them as the image (nearest-neighbour resampling,
+padding and canvas 0).
 
 Two layouts. Datasets without masks or boxes (classification) resize every
 image to H x W first and apply the image-only augmentations of data.augment
@@ -178,7 +185,8 @@ class _Examples:
       self.box_specs[name] = ((m, 4), np.dtype(np.float32))
       self.box_specs[f"{name}_valid"] = ((m,), np.dtype(np.bool_))
     for name, kind in self.per_box.items():
-      self.box_specs[name] = ((m,), np.dtype(detection.PER_BOX_DTYPES[kind]))
+      shape = (m,) + (tuple(spec.image_hw) if kind == "box_mask" else ())
+      self.box_specs[name] = (shape, np.dtype(detection.PER_BOX_DTYPES[kind]))
     if self.box_fields:
       self.box_specs[SOURCE_HW] = ((2,), np.dtype(np.int32))
     self.dropped = detection.DroppedBoxes(spec.name)
@@ -303,6 +311,8 @@ class _Examples:
         out[name] = np.int32(value)
       elif name in self.mask_fields:
         out[name] = np.ascontiguousarray(value, np.int32)
+      elif self.per_box.get(name) == "box_mask":
+        out[name] = np.ascontiguousarray(value, np.uint8)
       else:
         out[name] = value
     return out

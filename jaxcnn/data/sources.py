@@ -3,8 +3,9 @@
 A source is anything with `len(src)` and `src[i] -> {'image': uint8 [H, W, C], 'label': int, ...}`
 (grain's random-access protocol). Which fields the pipeline transforms, and
 how, is declared by the dataset's `DatasetInfo.fields` ({name: kind}; kinds
-image, mask, boxes, class, and the per-box kinds box_class and box_flag;
-default image + a 'label' class, so 'label' is there only when declared).
+image, mask, boxes, class, and the per-box kinds box_class, box_flag and
+box_mask; default image + a 'label' class, so 'label' is there only when
+declared).
 Besides the declared fields an example may carry extra fields of fixed shape and dtype (e.g. a text `embedding`); the pipeline
 passes them through to the batches unchanged. A source names them in
 `extra_fields` ({name: (shape, dtype)}), or they are read off its first
@@ -19,8 +20,9 @@ class (in the order load_digits returns it) the 36 examples at evenly spaced
 ranks floor((i + 0.5) * n_class / 36), i = 0..35, form 'test' (360 = 36 x 10,
 stratified); the other 1,437 form 'train', in their original order.
 
-`digits_seg` and `digits_det` (`jaxcnn.data.canvas`) are embedded too: canvases
-of those digits with per-pixel classes or boxes (`register_embedded`).
+`digits_seg`, `digits_det` and `digits_inst` (`jaxcnn.data.canvas`) are embedded
+too: canvases of those digits with per-pixel classes, boxes, or boxes with
+instance masks (`register_embedded`).
 
 Registered datasets live in files of the user's (a folder given as
 `data.data_dir`); `register_source(info, open_split)` makes one usable as
@@ -60,11 +62,12 @@ from jaxcnn.errors import UserError, unknown
 
 
 # Kinds of example fields (`DatasetInfo.fields`); what the pipeline does with each is in pipeline.py's doc.
-FIELD_KINDS = ("image", "mask", "boxes", "class", "box_class", "box_flag")
-SPATIAL_TARGET_KINDS = ("mask", "boxes")
-# One value per box of the dataset's boxes field, in the same slots: a class (int32, 0..num_classes-1) or a flag
-# (bool, e.g. COCO's is_crowd, VOC's difficult). Geometry never reorders slots, so they stay aligned.
-PER_BOX_KINDS = ("box_class", "box_flag")
+FIELD_KINDS = ("image", "mask", "boxes", "class", "box_class", "box_flag", "box_mask")
+SPATIAL_TARGET_KINDS = ("mask", "boxes", "box_mask")
+# One value per box of the dataset's boxes field, in the same slots: a class (int32, 0..num_classes-1), a flag
+# (bool, e.g. COCO's is_crowd, VOC's difficult) or a binary mask of the image's size (uint8 0/1 [H, W], the
+# instance's pixels: Mask R-CNN's targets). Geometry never reorders slots, so they stay aligned.
+PER_BOX_KINDS = ("box_class", "box_flag", "box_mask")
 CLASSIFICATION_FIELDS = (("image", "image"), ("label", "class"))
 
 
@@ -80,10 +83,13 @@ class DatasetInfo:
   bool [N] validity field named '<name>_valid'; N may differ between
   examples: the pipeline pads to data.max_boxes), 'class' (an int label),
   'box_class' / 'box_flag' ([N] per box of the one boxes field: an int class /
-  a bool). Other fields an example carries pass through unchanged (see
-  `extra_field_specs`). `num_classes` counts the classes of the dataset's
-  target: labels for classification, mask values (background included) for
-  segmentation, object classes (no background) for detection.
+  a bool), 'box_mask' ([N, H, W] 0/1 or bool per box of the boxes field: its
+  instance's pixels in the image; moved by geometry like the image, resized
+  by nearest neighbour, padded with 0). Other fields an example carries
+  pass through unchanged (see `extra_field_specs`). `num_classes` counts the
+  classes of the dataset's target: labels for classification, mask values
+  (background included) for segmentation, object classes (no background) for
+  detection.
   """
   name: str
   num_classes: int
