@@ -16,10 +16,11 @@ classes, resnet50 and mobilenet_v2 batch 16 at 224x224 with 1000 classes,
 deeplabv3_resnet50 batch 4 at 256x256 with 21 classes (not in the default list:
 --models=deeplabv3_resnet50; jaxcnn.bench times the segmentation task's step,
 PyTorch the same per-pixel cross-entropy with ignore_index=255, both on labels
-with about 5% ignored pixels), retinanet_resnet50_fpn and fasterrcnn_resnet50_fpn batch 2 at 512x512 with
-91 classes (--models=retinanet_resnet50_fpn,fasterrcnn_resnet50_fpn; the detection task's step against
-torchvision's train-mode loss dict with an identity transform, benchmarks/torch_detection_reference.py, both
-on 8 random boxes per image).
+with about 5% ignored pixels), retinanet_resnet50_fpn, fasterrcnn_resnet50_fpn and detr_resnet50 batch 2
+at 512x512 with 91 classes (--models=retinanet_resnet50_fpn,fasterrcnn_resnet50_fpn,detr_resnet50; the
+detection task's step against torchvision's train-mode loss dict with an identity transform,
+benchmarks/torch_detection_reference.py, both on 8 random boxes per image; DETR against the official
+structure and SetCriterion in benchmarks/torch_detr_reference.py).
 The last line is one JSON object with everything.
 """
 import argparse
@@ -38,7 +39,8 @@ MODELS = {
 SEGMENTATION = {"deeplabv3_resnet50": dict(batch=4, image_size=256, num_classes=21)}
 # num_classes is the dataset's K: the detector gets K + 1 (background), 91 as torchvision's COCO models.
 DETECTION = {"retinanet_resnet50_fpn": dict(batch=2, image_size=512, num_classes=90),
-             "fasterrcnn_resnet50_fpn": dict(batch=2, image_size=512, num_classes=90)}
+             "fasterrcnn_resnet50_fpn": dict(batch=2, image_size=512, num_classes=90),
+             "detr_resnet50": dict(batch=2, image_size=512, num_classes=90)}
 SHAPES = {**MODELS, **SEGMENTATION, **DETECTION}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,6 +19,7 @@ import torch
 import torchvision
 from torchvision.models.detection.image_list import ImageList
 
+from torch_detr_reference import detr_resnet50  # the official DETR's structure (not in torchvision)
 from torch_reference import timed  # same directory: run as a script, like torch_reference.py
 
 MODELS = {
@@ -27,6 +28,7 @@ MODELS = {
     "fcos_resnet50_fpn": torchvision.models.detection.fcos_resnet50_fpn,
     "ssd300_vgg16": torchvision.models.detection.ssd300_vgg16,
     "fasterrcnn_resnet50_fpn": torchvision.models.detection.fasterrcnn_resnet50_fpn,
+    "detr_resnet50": detr_resnet50,
 }
 BOXES = 8
 
