@@ -31,7 +31,7 @@ Parameters (exact, checked in tests/models/test_detr.py against a PyTorch model 
   detr_resnet50   41,524,768 official trainable-structure parameters (`model.parameters()`), plus 53,120
                   backbone BN scales/biases that the official FrozenBatchNorm2d keeps as buffers and this
                   model keeps as parameters (the classification tree): 41,577,888 here.
-  detr_resnet101  60,516,896 official, 60,621,152 here (104,256 BN affines).
+  detr_resnet101  60,464,672 official, 60,570,016 here (105,344 BN affines).
 Names follow the official state dict: transformer/encoder/layers_i/{self_attn, linear1, linear2, norm1,
 norm2}, transformer/decoder/layers_i/{self_attn, multihead_attn, linear1, linear2, norm1..3},
 transformer/decoder/norm, input_proj, query_embed, class_embed, bbox_embed/layers_{0,1,2}; an attention
