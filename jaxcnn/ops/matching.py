@@ -17,7 +17,10 @@ assignment rather than an error from inside the compiled step.
 
 This is a host round trip: the callback blocks the compiled program while the cost matrices go to
 the host and the indices come back. A DETR training step calls it once for all decoder layers and
-images (jaxcnn.models.detr stacks them); its measured cost is in the README's DETR section.
+images (jaxcnn.models.detr stacks them); its measured cost is in the README's DETR section. Under a
+jit whose batch is sharded over several devices, the costs are gathered to one device for the call
+and the indices scattered back (XLA's SPMD partitioner logs "Involuntary full rematerialization" for
+it); the legacy pmap path calls it once per device on that device's images.
 """
 from typing import Tuple
 
