@@ -66,7 +66,10 @@ class MaskRCNNHeads(nn.Module):
 
 
 class MaskRCNNPredictor(nn.Module):
-  """conv5_mask (2x2 transposed conv, stride 2) + ReLU + mask_fcn_logits (1x1 conv): [K, s, s, C] -> [K, 2s, 2s, classes]."""
+  """conv5_mask (2x2 transposed conv, stride 2) + ReLU + mask_fcn_logits (1x1 conv).
+
+  [K, s, s, C] -> [K, 2s, 2s, num_classes].
+  """
   num_classes: int
   dim_reduced: int = 256
   dtype: Any = jnp.float32

@@ -154,7 +154,8 @@ def tie_order(jscores, jlabels, jboxes, scores, labels, boxes, tol=1e-4):
   order, free = [], set(range(len(scores)))
   for j in range(len(scores)):
     near = [k for k in sorted(free, key=lambda k: abs(k - j))
-            if abs(jscores[k] - scores[j]) < tol and jlabels[k] == labels[j] and np.abs(jboxes[k] - boxes[j]).max() < 1e-3]
+            if abs(jscores[k] - scores[j]) < tol and jlabels[k] == labels[j]
+            and np.abs(jboxes[k] - boxes[j]).max() < 1e-3]
     assert near and (near[0] == j or abs(jscores[j] - scores[j]) < tol), f"detection {j} has no counterpart"
     order.append(near[0])
     free.discard(near[0])
