@@ -150,7 +150,9 @@ def paste_masks_in_image(masks, boxes, image_size: Tuple[int, int], padding: int
 
   Each mask is zero-padded by `padding` cells, its box scaled by (S + 2 padding) / S about the centre
   and truncated to integer pixels x0..x1, y0..y1 (inclusive), and the padded mask is resized
-  bilinearly to (y1 - y0 + 1) x (x1 - x0 + 1) and placed there, cut at the image border.
+  bilinearly to (y1 - y0 + 1) x (x1 - x0 + 1) and placed there, cut at the image border. Equal to
+  torchvision's for boxes that reach into the image, as detections do (a box wholly above or left of the
+  image gives zeros here, where torchvision's slicing would wrap around).
   """
   masks = jnp.asarray(masks, jnp.float32)
   boxes = jnp.asarray(boxes, jnp.float32)
