@@ -14,12 +14,12 @@ Initialisation as torchvision: kaiming_normal_(mode='fan_out', relu) kernels, ze
 Targets: the detection contract's {'boxes', 'labels', 'valid'} plus, for training, 'masks' [B, M, H, W]
 (uint8 / bool / 0-1 floats; instance m of image b is masks[b, m], in the frame of the model input (H, W),
 padded slots like the boxes'). Without 'masks' the model runs in eval only: training (`__call__` with
-train=True, `detection_loss`) refuses with a UserError. The detection task does not supply masks yet.
+train=True, `detection_loss`) refuses with a UserError naming what it needs.
 
 Training (`__call__(x, train=True, targets=...)` with a 'sampling' rng): Faster R-CNN's forward, then the
 positive sampled RoIs (torchvision: labels > 0 among the box head's samples, the ground-truth boxes included)
 are gathered into int(box_batch_size_per_image * box_positive_fraction) slots per image (the most the sampler
-can draw; 128 by default), in sampling order, the rest marked invalid: 'mask_proposals' [B, P, 4],
+can draw; 128 by default), in the sampled RoIs' order, the rest marked invalid: 'mask_proposals' [B, P, 4],
 'mask_matched_idxs' [B, P], 'mask_positive' [B, P], 'mask_logits' [B, P, 28, 28, K]. `detection_loss` adds
 torchvision's loss_mask ('train/loss_mask'): the targets are each positive's matched ground-truth mask
 cropped by roi_align onto it (`jaxcnn.ops.project_masks_on_boxes`; `mask_target_batch` RoIs at a time bound
