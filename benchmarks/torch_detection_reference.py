@@ -40,6 +40,9 @@ class IdentityTransform(torch.nn.Module):
     batch = torch.stack(list(images)).contiguous(memory_format=torch.channels_last)
     return ImageList(batch, [tuple(batch.shape[-2:])] * len(batch)), targets
 
+  def postprocess(self, detections, image_sizes, original_image_sizes):
+    return detections  # GeneralizedRCNN (Faster R-CNN) calls it in training too
+
 
 def synthetic_targets(batch, image_size, num_classes, rng):
   targets = []
