@@ -5,7 +5,8 @@ official TF code (google/automl, efficientdet/) builds it, checked against Ross 
 Network: the zoo's EfficientNet (`backbone`, the registered `efficientnet_b*` with `return_features=True`,
 exactly its variables minus the 1x1 head conv and classifier, so ImageNet weights load into `backbone/`),
 run with TF 'SAME' padding (`tf_same_padding`) and TF's BatchNorm (momentum 0.99, epsilon 1e-3, not
-variables); its stride-8/16/32 maps (stage3, stage5, stage7) are P3..P5 of `jaxcnn.layers.bifpn.BiFPN`
+variables; stochastic depth `backbone_drop_path_rate` as the official backbone: 0.2, none for D0's B0, on
+the 'dropout' rng, the one the detection task gives); its stride-8/16/32 maps (stage3, stage5, stage7) are P3..P5 of `jaxcnn.layers.bifpn.BiFPN`
 (`bifpn`: P6 = 1x1 conv + BN + 3x3/2 max pool of C5, P7 = max pool of P6, `fpn_cells` cells of
 `fpn_channels` channels, fast normalised fusion, depthwise-separable convs + BN, swish), then two heads
 shared over the levels (`class_net`, `box_net`): `head_convs` x (depthwise-separable 3x3 conv with a
@@ -221,6 +222,7 @@ class EfficientDet(nn.Module):
   num_scales: int = 3
   aspect_ratios: Sequence[Tuple[float, float]] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
   anchor_scale: float = 4.0
+  backbone_drop_path_rate: float = 0.2   # official: 0.2 (survival_prob 0.8), none for B0 (D0)
   tf_padding: bool = True
   redundant_bias: bool = True
   match_threshold: float = 0.5
@@ -253,6 +255,8 @@ class EfficientDet(nn.Module):
     if self.num_scales < 1 or not self.aspect_ratios or any(len(r) != 2 or min(r) <= 0 for r in self.aspect_ratios):
       raise UserError(f"num_scales={self.num_scales} must be >= 1 and aspect_ratios={tuple(self.aspect_ratios)} "
                       "non-empty (width, height) multiplier pairs, e.g. ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))")
+    if not 0.0 <= self.backbone_drop_path_rate < 1.0:
+      raise UserError(f"backbone_drop_path_rate={self.backbone_drop_path_rate} must be in [0, 1)")
     if self.anchor_scale <= 0:
       raise UserError(f"anchor_scale={self.anchor_scale} must be positive")
     if self.detections_per_img < 1 or self.topk_candidates < 1:
@@ -281,7 +285,8 @@ class EfficientDet(nn.Module):
   def setup(self):
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_axis_name=self.bn_axis_name,
               dtype=self.dtype, param_dtype=self.param_dtype)
-    self.backbone = create_model(self.backbone_name, return_features=True, tf_same_padding=self.tf_padding, **bn)
+    self.backbone = create_model(self.backbone_name, return_features=True, tf_same_padding=self.tf_padding,
+                                 drop_path_rate=self.backbone_drop_path_rate, drop_path_rng="dropout", **bn)
     self.bifpn = BiFPN(self.fpn_channels, self.fpn_cells, self.max_level - self.min_level + 1,
                        weight_method=self.weight_method, tf_padding=self.tf_padding,
                        redundant_bias=self.redundant_bias, **bn)
@@ -354,4 +359,5 @@ class EfficientDet(nn.Module):
 
 for _d, (_backbone, _size, _width, _cells, _convs, _fusion, _anchor) in COMPOUND_SCALING.items():
   register_model(f"efficientdet_d{_d}", backbone_name=_backbone, fpn_channels=_width, fpn_cells=_cells,
-                 head_convs=_convs, weight_method=_fusion, anchor_scale=_anchor)(EfficientDet)
+                 head_convs=_convs, weight_method=_fusion, anchor_scale=_anchor,
+                 backbone_drop_path_rate=0.0 if _d == 0 else 0.2)(EfficientDet)

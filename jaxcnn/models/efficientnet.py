@@ -9,7 +9,7 @@ sigmoid gate) - linear 1x1 projection; every conv has BN, SiLU after all but
 the projection; where stride is 1 and channels match, stochastic depth and
 an identity shortcut. Stochastic depth grows linearly with the block index,
 `drop_path_rate * i / num_blocks` (torchvision's rule, rate 0.2), with the
-'drop_path' rng.
+'drop_path' rng (`drop_path_rng` names another stream).
 
 Compound scaling: B1..B7 multiply channels by `width_mult` (rounded to
 multiples of 8 as torchvision / the TF reference) and block counts by
@@ -70,6 +70,7 @@ class MBConv(nn.Module):
   unit: Any  # ConvBNAct partial with dtypes and BN settings
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  drop_path_rng: str = "drop_path"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -84,7 +85,7 @@ class MBConv(nn.Module):
                       param_dtype=self.param_dtype, name="se")(y)
     y = self.unit(self.features, 1, activation=None, name="project")(y, train)
     if self.strides == 1 and in_channels == self.features:
-      y = DropPath(self.drop_path_rate)(y, deterministic=not train) + x
+      y = DropPath(self.drop_path_rate, rng_collection=self.drop_path_rng)(y, deterministic=not train) + x
     return y
 
 
@@ -102,6 +103,7 @@ class EfficientNet(nn.Module):
   param_dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
   tf_same_padding: bool = False   # TensorFlow 'SAME' padding (module doc); default torchvision's (k - 1) // 2
+  drop_path_rng: str = "drop_path"  # the rng stream of stochastic depth (a detector's task may only give 'dropout')
 
   def __post_init__(self):
     if not (self.width_mult > 0 and self.depth_mult > 0):
@@ -129,7 +131,8 @@ class EfficientNet(nn.Module):
     for s, (t, k, stride, channels, blocks) in enumerate(stages, start=1):
       for b in range(blocks):
         x = MBConv(channels, t, k, stride if b == 0 else 1, self.drop_path_rate * index / total, unit,
-                   self.dtype, self.param_dtype, name=f"stage{s}_block{b}")(x, train)
+                   self.dtype, self.param_dtype, drop_path_rng=self.drop_path_rng,
+                   name=f"stage{s}_block{b}")(x, train)
         index += 1
       features[f"stage{s}"] = x
     if self.return_features:
