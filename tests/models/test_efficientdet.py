@@ -16,12 +16,15 @@ from effdet.anchors import Anchors, AnchorLabeler  # noqa: E402
 from effdet.bench import DetBenchTrain  # noqa: E402
 from effdet.loss import loss_fn as effdet_loss_fn  # noqa: E402
 
+from experiments.configs import get_experiment  # noqa: E402
 from experiments.configs.common import detection_config  # noqa: E402
 from jaxcnn import create_model  # noqa: E402
 from jaxcnn import data as data_lib  # noqa: E402
 from jaxcnn.convert import torch_to_flax  # noqa: E402
 from jaxcnn.errors import UserError  # noqa: E402
+from jaxcnn.tasks.base import model_kwargs  # noqa: E402
 from jaxcnn.tasks.detection import Detection  # noqa: E402
+from jaxcnn.train.optim import make_schedule  # noqa: E402
 from jaxcnn.utils import abstract_variables, param_count  # noqa: E402
 
 # sum(p.numel() for p in effdet.create_model('tf_efficientdet_dN', pretrained_backbone=False).parameters()),
@@ -39,6 +42,18 @@ def count(d):
 
 def test_parameter_count_equals_effdet_d0():
   assert count(0) == EFFDET_PARAMS[0]
+
+
+def test_coco_recipe_builds_d0_with_80_outputs_and_the_official_schedule():
+  config, _ = get_experiment("efficientdet_d0_coco")
+  model = create_model(config.model.name, **model_kwargs(config.model, config.train, num_classes=81))
+  # D0 less 10 of the 90 outputs of the class head's last pointwise conv (9 anchors x (64 inputs + bias))
+  assert param_count(abstract_variables(model, (1, 64, 64, 3))["params"]) == EFFDET_PARAMS[0] - 10 * 9 * 65
+  assert config.data.image_size == 512 and config.train.batch_size == 64 and config.train.ema_decay == 0.9998
+  assert config.train.steps == 300 * 120_000 // 64
+  schedule = make_schedule(config.optim, config.train.steps)
+  assert float(schedule(config.optim.warmup_steps)) == pytest.approx(0.08)
+  assert float(schedule(config.train.steps)) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.slow
