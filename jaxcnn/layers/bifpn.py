@@ -7,12 +7,13 @@ resolution) first, adds the missing coarser levels, runs `num_cells` BiFPN cells
 
   extra levels     `resample_<l>`: from the last map, a 1x1 conv (+ bias) + BN to `features` channels
                    when the channels differ, then a max pool down to the next size
-  cell             the BiFPN graph (`bifpn_nodes`): top-down nodes P_{L-1}..P_0 each fusing
-                   [P_l, td_{l+1}], then bottom-up nodes P_1..P_{L-1} fusing [P_l, td_l, out_{l-1}]
-                   (the top level fuses [P_top, out_{top-1}]); the cell returns the last node of
-                   every level
-  node             every input resampled to the node's size (`resample_<input index>`: 1x1 conv + BN
-                   where its channels differ, i.e. backbone maps in the first cell; a max pool of
+  cell             `cell_<r>`, the BiFPN graph (`bifpn_nodes`): top-down nodes td_l for levels L-2..0
+                   fusing [P_l, td_{l+1}] (td_{L-1} = P_{L-1}), then bottom-up nodes for levels 1..L-1
+                   fusing [P_l, td_l, out_{l-1}] ([P_{L-1}, out_{L-2}] at the top; out_0 = td_0); the
+                   cell returns out_0..out_{L-1}
+  node             `cell_<r>/node_<j>`: every input resampled to the node's size (`resample_<input
+                   index>`: 1x1 conv + BN where its channels differ, i.e. backbone maps in the first
+                   cell; a max pool of
                    kernel stride + 1, stride (in - 1) // out + 1 when it is larger, nearest upsampling
                    to the exact size when smaller), fused by `weight_method`:
                      'fastattn'  fast normalised fusion sum_i relu(w_i) x_i / (sum_j relu(w_j) + 1e-4),
@@ -48,13 +49,11 @@ WEIGHT_METHODS = ("fastattn", "attn", "sum")
 glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
-def depthwise_init(scale: float, mode: str, distribution: str):
-  """Variance scaling of a depthwise HWIO kernel (k, k, 1, C) whose fan-in and fan-out are both k * k."""
+def depthwise_init(scale: float, distribution: str):
+  """Variance scaling (`distribution` 'uniform' or 'normal') of a depthwise HWIO kernel (k, k, 1, C), whose
+  fan-in and fan-out are both k * k as effdet counts them (flax would count fan-out k * k * C)."""
   def init(key, shape, dtype=jnp.float32):
-    fan = max(1.0, float(np.prod(shape[:2])))
-    if mode not in ("fan_in", "fan_avg"):
-      raise ValueError(mode)
-    variance = scale / fan
+    variance = scale / max(1.0, float(np.prod(shape[:2])))
     if distribution == "uniform":
       limit = np.sqrt(3.0 * variance)
       return jax.random.uniform(key, shape, dtype, -limit, limit)
@@ -99,7 +98,7 @@ class SeparableConv(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_axis_name: Optional[str] = None
-  dw_init: Callable = depthwise_init(1.0, "fan_avg", "uniform")
+  dw_init: Callable = depthwise_init(1.0, "uniform")
   pw_init: Callable = glorot_uniform
   bias_init: Callable = nn.initializers.zeros
   dtype: Any = jnp.float32

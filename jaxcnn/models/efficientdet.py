@@ -4,14 +4,15 @@ official TF code (google/automl, efficientdet/) builds it, checked against Ross 
 
 Network: the zoo's EfficientNet (`backbone`, the registered `efficientnet_b*` with `return_features=True`,
 exactly its variables minus the 1x1 head conv and classifier, so ImageNet weights load into `backbone/`),
-run with TF 'SAME' padding (`tf_same_padding`) and TF's BatchNorm (momentum 0.99, epsilon 1e-3, not
-variables; stochastic depth `backbone_drop_path_rate` as the official backbone: 0.2, none for D0's B0, on
-the 'dropout' rng, the one the detection task gives); its stride-8/16/32 maps (stage3, stage5, stage7) are P3..P5 of `jaxcnn.layers.bifpn.BiFPN`
-(`bifpn`: P6 = 1x1 conv + BN + 3x3/2 max pool of C5, P7 = max pool of P6, `fpn_cells` cells of
-`fpn_channels` channels, fast normalised fusion, depthwise-separable convs + BN, swish), then two heads
-shared over the levels (`class_net`, `box_net`): `head_convs` x (depthwise-separable 3x3 conv with a
-bias, a BatchNorm per level as the official code, swish), then a depthwise-separable 3x3 `predict`
-conv to anchors x outputs (class bias -log(99), prior 0.01).
+run with TF 'SAME' padding (`tf_same_padding`), TF's BatchNorm (momentum 0.99, epsilon 1e-3: not
+variables) and the official backbone's stochastic depth (`backbone_drop_path_rate`: 0.2, none for D0's
+B0; drawn from the 'dropout' rng, the one the detection task gives). Its stride-8/16/32 maps (stage3,
+stage5, stage7) are P3..P5 of `jaxcnn.layers.bifpn.BiFPN` (`bifpn`: P6 = 1x1 conv + BN + 3x3/2 max pool
+of C5, P7 = max pool of P6, `fpn_cells` cells of `fpn_channels` channels, fast normalised fusion,
+depthwise-separable convs + BN, swish), then two heads shared over the levels (`class_net`, `box_net`):
+`head_convs` x (depthwise-separable 3x3 conv with a bias, a BatchNorm per level as the official code,
+swish), then a depthwise-separable 3x3 `predict` conv to anchors x outputs (class bias -log(99), prior
+0.01).
 
 Compound scaling (paper Table 1 / official hparams_config.py); parameter counts at 90 classes (the
 official head, `num_classes=91` here) equal effdet's `tf_efficientdet_dN` exactly, and round to the
@@ -190,7 +191,7 @@ class EfficientDetHead(nn.Module):
 
   @nn.compact
   def __call__(self, features, train: bool = False):
-    opts = dict(dtype=self.dtype, param_dtype=self.param_dtype, dw_init=depthwise_init(1.0, "fan_in", "normal"),
+    opts = dict(dtype=self.dtype, param_dtype=self.param_dtype, dw_init=depthwise_init(1.0, "normal"),
                 pw_init=head_init)
     convs = [SeparableConv(self.channels, 3, use_bias=self.redundant_bias, norm=False, name=f"conv_rep_{r}", **opts)
              for r in range(self.num_convs)]

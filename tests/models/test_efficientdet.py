@@ -362,3 +362,25 @@ def test_converter_refuses_other_layouts():
     torch_to_flax("efficientdet_d9", {})
   with pytest.raises(UserError, match="does not fit"):
     torch_to_flax("efficientdet_d0", {"backbone.conv_stem.weight": np.zeros((32, 3, 3, 3), np.float32)})
+
+
+def test_initialisation_as_effdet():
+  """Class prior bias -log(99), zero box bias, head kernels N(0, 1 / fan-in), BiFPN edge weights 1."""
+  from jaxcnn.layers.bifpn import BiFPN
+  from jaxcnn.models.efficientdet import EfficientDetHead
+  features = [jnp.zeros((1, 8, 8, 32)), jnp.zeros((1, 4, 4, 32))]
+  head = EfficientDetHead(5, 9, 2, 32)
+  params = head.init(jax.random.PRNGKey(0), features)["params"]
+  np.testing.assert_array_equal(params["predict"]["conv_pw"]["bias"], 0.0)
+  params = EfficientDetHead(5, 9, 2, 32, prior_bias=-np.log(99.0)).init(jax.random.PRNGKey(0), features)["params"]
+  np.testing.assert_allclose(params["predict"]["conv_pw"]["bias"], -np.log(99.0), rtol=1e-6)
+  assert sorted(params) == ["bn_rep_0_0", "bn_rep_0_1", "bn_rep_1_0", "bn_rep_1_1", "conv_rep_0", "conv_rep_1",
+                            "predict"]
+  pw = np.asarray(params["predict"]["conv_pw"]["kernel"])
+  dw = np.asarray(params["conv_rep_0"]["conv_dw"]["kernel"])
+  assert pw.shape == (1, 1, 32, 45) and dw.shape == (3, 3, 1, 32)
+  assert abs(pw.std() * np.sqrt(32) - 1) < 0.1 and abs(dw.std() * 3 - 1) < 0.15
+  fpn = BiFPN(16, 1, num_levels=3).init(jax.random.PRNGKey(0), [jnp.zeros((1, 8, 8, 24)), jnp.zeros((1, 4, 4, 40))])
+  node = fpn["params"]["cell_0"]["node_2"]   # bottom-up level 1: [P1, td1, out0]
+  np.testing.assert_array_equal(node["edge_weights"], [1.0, 1.0, 1.0])
+  assert sorted(node) == ["conv", "edge_weights", "resample_1"]   # only the 40-channel backbone map is projected
