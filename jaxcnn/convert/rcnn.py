@@ -15,7 +15,8 @@ from jaxcnn.convert._torchvision import FlaxVariables, TorchWeights, check_name,
 from jaxcnn.convert.mobilenet import convert_mobilenet_v3_backbone
 from jaxcnn.convert.retinanet import fpn, resnet_body
 
-TORCHVISION_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn")
+TORCHVISION_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+                      "fasterrcnn_mobilenet_v3_large_320_fpn")
 
 
 def faster_rcnn_parts(variables: FlaxVariables, weights: TorchWeights):

@@ -57,6 +57,8 @@ Registered (91 classes, parameter counts equal torchvision's with weights=None):
       the last stage, 160 ch, and the last 1x1 conv, 960 ch; both at stride 32, torchvision's
       `_mobilenet_extractor`), FPN(256) + max-pool, anchors (32..512) x (0.5, 1, 2) on each of the 3 levels,
       rpn_score_thresh 0.05, RoIs pooled from maps '0' and '1'.
+  fasterrcnn_mobilenet_v3_large_320_fpn  19,410,754  the same with 150 proposals before / after NMS at test
+      (torchvision's min_size=320 resize is the data pipeline's business)
 Small-model knobs (torchvision's values by default): backbone_name (ResNet family or 'mobilenet_v3_large'),
 returned_layers, fpn_channels, anchor_sizes, aspect_ratios, rpn_pre/post_nms_top_n_train/test,
 rpn_batch_size_per_image, box_batch_size_per_image, representation_size, roi_output_size, frozen_bn.
@@ -91,8 +93,8 @@ from jaxcnn.layers import Conv
 from jaxcnn.layers.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from jaxcnn.losses import smooth_l1_loss
 from jaxcnn.models.retinanet import FPN_BACKBONES
-from jaxcnn.ops import (AnchorGenerator, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes_to_image,
-                        multiscale_roi_align, remove_small_boxes, roi_pool)
+from jaxcnn.ops import (AnchorGenerator, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes_to_image, infer_scale,
+                        multiscale_roi_align, remove_small_boxes, roi_level_mapper, roi_pool)
 from jaxcnn.registry import create_model, register_model
 
 MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
@@ -195,7 +197,6 @@ def gather_roi_align(features: Sequence[jax.Array], boxes, output_size: int, sam
 
   features: NHWC maps, finest first; boxes [B, R, 4] xyxy in image pixels -> [B, R, PH, PW, C].
   """
-  from jaxcnn.ops import infer_scale, roi_level_mapper
   scales = [infer_scale(f.shape[1], image_size[0]) for f in features]
   boxes = jnp.asarray(boxes, jnp.float32)
   if len(features) == 1:
@@ -756,4 +757,8 @@ register_model("fasterrcnn_resnet50_fpn")(FasterRCNN)
 register_model("fasterrcnn_resnet50_fpn_v2", fpn_norm="batch", rpn_conv_depth=2, box_head="conv")(FasterRCNN)
 register_model("fasterrcnn_mobilenet_v3_large_fpn", backbone_name="mobilenet_v3_large",
                anchor_sizes=((32, 64, 128, 256, 512),) * 3, rpn_score_thresh=0.05)(FasterRCNN)
+# torchvision's 320 variant differs only in its transform (min_size 320: the data pipeline's) and test top-n
+register_model("fasterrcnn_mobilenet_v3_large_320_fpn", backbone_name="mobilenet_v3_large",
+               anchor_sizes=((32, 64, 128, 256, 512),) * 3, rpn_score_thresh=0.05, rpn_pre_nms_top_n_test=150,
+               rpn_post_nms_top_n_test=150)(FasterRCNN)
 register_model("fastrcnn_vgg16")(FastRCNN)

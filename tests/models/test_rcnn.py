@@ -33,7 +33,8 @@ from jaxcnn.utils import abstract_variables, param_count  # noqa: E402
 
 # sum(p.numel() for p in torchvision.models.detection.<name>(weights=None, weights_backbone=None).parameters())
 TORCHVISION_PARAMS = {"fasterrcnn_resnet50_fpn": 41_808_406, "fasterrcnn_resnet50_fpn_v2": 43_712_278,
-                      "fasterrcnn_mobilenet_v3_large_fpn": 19_410_754}
+                      "fasterrcnn_mobilenet_v3_large_fpn": 19_410_754,
+                      "fasterrcnn_mobilenet_v3_large_320_fpn": 19_410_754}
 SIZE = (64, 96)
 SMALL = dict(backbone_name="resnet18", returned_layers=(2, 3, 4), fpn_channels=64,
              anchor_sizes=((16,), (32,), (64,), (128,)), representation_size=128, num_classes=11)
@@ -215,15 +216,32 @@ def test_small_faster_rcnn_loss_matches_torchvision():
   def loss_fn(params):
     out, _ = jmodel.apply({**variables, "params": params}, x.transpose(0, 2, 3, 1), train=True, targets=targets,
                           rngs={"sampling": jax.random.key(0)}, mutable=["batch_stats"])
-    return jmodel.detection_loss(out, targets, SIZE)
+    loss, metrics = jmodel.detection_loss(out, targets, SIZE)
+    return loss, (metrics, out)
 
-  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+  (loss, (metrics, out)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
   assert sorted(metrics) == sorted(f"train/{k}" for k in expected)
   for key, value in expected.items():
     np.testing.assert_allclose(float(metrics[f"train/{key}"]), float(value), rtol=1e-4, err_msg=key)
     assert float(value) > 0, key
   np.testing.assert_allclose(float(loss), float(sum(expected.values())), rtol=1e-4)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  check_roi_samples(jax.device_get(out), targets)
+
+
+def check_roi_samples(out, targets):
+  """What a mask branch relies on: every valid gt box is a positive sample with its label and gt index;
+  background samples have label 0; positives are valid slots; the image without boxes has no positive."""
+  pos, valid = out["roi_positive"], out["roi_valid"]
+  assert pos[1].sum() == 0 and out["rpn_sampled_pos"][1].sum() == 0
+  for i in (0, 2):
+    gt = targets["boxes"][i][targets["valid"][i]]
+    for j, box in enumerate(gt):
+      hit = np.all(np.abs(out["roi_proposals"][i] - box) < 1e-6, axis=1) & pos[i]
+      assert hit.any() and (out["roi_labels"][i][hit] == targets["labels"][i, j]).all()
+      assert (out["roi_matched_idxs"][i][hit] == j).all()
+  assert (out["roi_labels"][~pos] == 0).all() and not (pos & ~valid).any()
+  assert (out["roi_labels"][pos] > 0).all()
 
 
 def test_gather_roi_align_equals_multiscale_roi_align():
@@ -261,6 +279,7 @@ def test_balanced_sampler_counts_and_uniformity():
   assert int(pos.sum()) == 0 and int(neg.sum()) == 20
 
 
+@pytest.mark.slow
 def test_training_samples_and_fixed_budgets():
   """Default budgets: the RPN samples 256 anchors (<= 50% positive), the RoI heads 512 (<= 25%), gt appended."""
   jmodel = create_model("fasterrcnn_resnet50_fpn", **{**SMALL, "fpn_channels": 16, "representation_size": 16})
@@ -272,18 +291,10 @@ def test_training_samples_and_fixed_budgets():
   out = jax.device_get(out)
   sampled = out["rpn_sampled_pos"] | out["rpn_sampled_neg"]
   np.testing.assert_array_equal(sampled.sum(1), 256)
-  assert (out["rpn_sampled_pos"].sum(1) <= 128).all() and out["rpn_sampled_pos"][1].sum() == 0
+  assert (out["rpn_sampled_pos"].sum(1) <= 128).all()
   assert out["roi_proposals"].shape == (3, min(512, 384 + 4), 4)  # 384 anchors, so <= 384 proposals + 4 gt
-  valid, pos = out["roi_valid"], out["roi_positive"]
-  assert (pos.sum(1) <= 128).all() and pos[1].sum() == 0 and (pos.sum(1)[[0, 2]] >= [3, 4]).all()
-  # every valid gt box is among the positives, labelled with its class
-  for i in (0, 2):
-    gt = targets["boxes"][i][targets["valid"][i]]
-    for j, box in enumerate(gt):
-      hit = np.all(np.abs(out["roi_proposals"][i] - box) < 1e-6, axis=1) & pos[i]
-      assert hit.any() and (out["roi_labels"][i][hit] == targets["labels"][i, j]).all()
-      assert (out["roi_matched_idxs"][i][hit] == j).all()
-  assert (out["roi_labels"][~pos] == 0).all() and not (pos & ~valid).any()
+  assert (out["roi_positive"].sum(1) <= 128).all() and (out["roi_positive"].sum(1)[[0, 2]] >= [3, 4]).all()
+  check_roi_samples(out, targets)
 
 
 def test_task_trains_a_tiny_faster_rcnn():
@@ -337,8 +348,8 @@ def test_fast_rcnn_on_external_proposals():
                        rngs={"sampling": jax.random.key(1), "dropout": jax.random.key(2)})
     return jmodel.detection_loss(out, targets, SIZE)[0], out
 
-  (loss, out), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
-  assert np.isfinite(float(loss)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  loss, out = jax.jit(loss_fn)(variables["params"])
+  assert np.isfinite(float(loss)) and float(loss) > 0
   assert out["roi_proposals"].shape == (2, 23, 4) and int(out["roi_positive"][0].sum()) >= 3
   assert int(out["roi_positive"][1].sum()) == 0
   outputs = jax.jit(lambda v: jmodel.apply(v, x, proposals=proposals))(variables)
