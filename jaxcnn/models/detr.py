@@ -76,7 +76,7 @@ Small-model fields for offline runs (official defaults): `backbone_name` ('resne
 `num_queries`, `aux_loss`, `dilation`, `frozen_bn`.
 """
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import flax.linen as nn
 import jax
