@@ -3,10 +3,18 @@
 Inputs are the padded arrays the detection task produces (NumPy or JAX, boxes
 xyxy in pixels with continuous edges: a box's width is x2 - x1):
 
-  detections    {'boxes': [N, D, 4] float, 'scores': [N, D], 'labels': [N, D] int, 'valid': [N, D] bool}
+  detections    {'boxes': [N, D, 4] float, 'scores': [N, D], 'labels': [N, D] int, 'valid': [N, D] bool,
+                 optional 'masks': binary instance masks (below)}
   ground_truth  {'boxes': [N, M, 4], 'labels': [N, M], 'valid': [N, M],
                  optional 'crowd': [N, M] bool (COCO's iscrowd), 'difficult': [N, M] bool (VOC),
-                 'area': [N, M] float (COCO's per-object area, the segment's; default box w * h)}
+                 'area': [N, M] float (COCO's per-object area, the segment's; default: the mask's pixel
+                 count when 'masks' are given, else the box's w * h), 'masks' (below)}
+
+Instance masks ('masks', for COCO's segm evaluation) are either bool / 0-1
+integer arrays [N, slots, H, W] (every image in one H x W frame, the boxes'
+pixels), or what `masks_to_rle` makes of them: an object array [N, slots]
+holding a COCO compressed RLE dict (pycocotools.mask.encode) in every valid
+slot and None elsewhere, so that a split's masks need not be held as pixels.
 
 Labels are dataset classes 0..K-1 (the detector's 1..K minus one); a valid
 detection or box with a label outside 0..K-1 is an error, as it would
@@ -39,6 +47,16 @@ on a results list, as in COCO's JSON path. COCO's rules then apply:
 Where COCOeval reports -1 (nothing to measure: no ground truth at all, or no
 box in an area range) the value is NaN, so that a mean or a "best" over runs
 is never taken over a -1.
+
+`coco_metrics(..., iou_type='segm')` is COCO's mask AP by the same evaluator,
+the same rules and the same keys, with IoUs between masks instead of boxes:
+ground-truth annotations carry their RLE (and the mask's pixel count as
+'area' unless 'area' is given, as COCO's annotations do), detections are
+given to `loadRes` as {image_id, category_id, segmentation, score} (its
+segm path: the detection's area is its mask's pixel count), as torchvision's
+references do. Binary masks there are what torchvision thresholds its mask
+probabilities to (> 0.5). `evaluate_detections` adds it as 'mask_map',
+'mask_map50', 'mask_map75' when both sides have masks.
 
 faster-coco-eval 1.8.0 (`faster_coco_eval.COCOeval_faster`) gives the same
 12 stats as pycocotools 2.0.11 on the random crowd / empty-image cases of
@@ -76,6 +94,8 @@ import numpy as np
 COCO_STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
                    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
 COCO_KEYS = ("map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_100")
+MASK_KEYS = ("map", "map50", "map75")   # logged as mask_<key>
+IOU_TYPES = ("bbox", "segm")
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -131,11 +151,82 @@ def _check_labels(labels, valid, num_classes, what):
                      f"(labels are dataset classes: the detector's label minus 1)")
 
 
+def masks_to_rle(masks, valid=None) -> np.ndarray:
+  """COCO compressed RLEs of binary masks [N, S, H, W] (bool or 0/1 integers; NumPy or JAX).
+
+  Returns an object array [N, S]: pycocotools.mask.encode's dict {'size': [H, W], 'counts': bytes} in every
+  slot where `valid` [N, S] (default: all) is True, None elsewhere.
+  """
+  from pycocotools import mask as mask_utils
+  masks = np.asarray(masks)
+  if masks.ndim != 4 or masks.dtype.kind not in "biu":
+    raise ValueError(f"detection eval: masks must be binary [N, slots, H, W] (bool or 0/1; threshold "
+                     f"probabilities first), got {masks.dtype} {masks.shape}")
+  valid = np.ones(masks.shape[:2], bool) if valid is None else np.asarray(valid, bool)
+  if valid.shape != masks.shape[:2]:
+    raise ValueError(f"detection eval: 'valid' has shape {valid.shape}, masks {masks.shape}")
+  out = np.full(masks.shape[:2], None, object)
+  for i in range(masks.shape[0]):
+    slots = np.flatnonzero(valid[i])
+    if slots.size:  # pycocotools wants [H, W, K] in Fortran order
+      stack = np.asfortranarray(np.moveaxis(masks[i, slots] != 0, 0, -1).astype(np.uint8))
+      for j, rle in zip(slots, mask_utils.encode(stack)):
+        out[i, j] = rle
+  return out
+
+
+def _mask_rles(d, valid, what):
+  """The RLE object array [N, S] of d['masks'] (arrays are encoded here); every valid slot needs a mask."""
+  masks = d.get("masks")
+  if masks is None:
+    raise ValueError(f"detection eval: iou_type 'segm' needs {what} 'masks'")
+  if not (isinstance(masks, np.ndarray) and masks.dtype == object):
+    masks = np.asarray(masks)
+    if masks.ndim != 4 or masks.shape[:2] != valid.shape:
+      raise ValueError(f"detection eval: {what} 'masks' must be [N, slots, H, W] with [N, slots] = "
+                       f"{valid.shape}, got shape {masks.shape}")
+    return masks_to_rle(masks, valid)
+  if masks.shape != valid.shape:
+    raise ValueError(f"detection eval: {what} 'masks' RLEs have shape {masks.shape}, expected {valid.shape}")
+  missing = valid & np.equal(masks, None)
+  if missing.any():
+    raise ValueError(f"detection eval: {what} slot {tuple(int(v) for v in np.argwhere(missing)[0])} is valid but "
+                     f"has no mask")
+  return masks
+
+
+def _valid_slots(d, what) -> np.ndarray:
+  return _field(d, "valid", _boxes(d, what).shape[:2], bool, True)
+
+
+def _rle_size(rles):
+  """(H, W) of the masks: the size of the first RLE found, or None."""
+  for rle in rles.flat:
+    if rle is not None:
+      return tuple(int(v) for v in rle["size"])
+  return None
+
+
+def _rle_areas(rles) -> np.ndarray:
+  from pycocotools import mask as mask_utils
+  return np.array([float(mask_utils.area(r)) if r is not None else 0.0 for r in rles.flat],
+                  np.float64).reshape(rles.shape)
+
+
 # --- COCO ----------------------------------------------------------------------------------------
 
 def coco_ground_truth(ground_truth, num_classes: int, difficult_as_crowd: bool = True, verbose: bool = False):
-  """pycocotools `COCO` object of the padded ground truth (image i -> id i + 1, class c -> category c + 1)."""
+  """pycocotools `COCO` object of the padded ground truth (image i -> id i + 1, class c -> category c + 1).
+
+  With 'masks', each annotation carries its RLE as 'segmentation' (and its pixel count as 'area' unless
+  'area' is given) and the images their height and width, for iouType 'segm'.
+  """
   from pycocotools.coco import COCO
+  rles = None
+  if ground_truth.get("masks") is not None:
+    rles = _mask_rles(ground_truth, _valid_slots(ground_truth, "ground truth"), "ground truth")
+    if ground_truth.get("area") is None:
+      ground_truth = {**ground_truth, "area": _rle_areas(rles)}
   gt = _ground_truth(ground_truth)
   _check_labels(gt["labels"], gt["valid"], num_classes, "ground truth")
   crowd = gt["crowd"] | (gt["difficult"] & difficult_as_crowd)
@@ -145,8 +236,14 @@ def coco_ground_truth(ground_truth, num_classes: int, difficult_as_crowd: bool =
     annotations.append({"id": len(annotations) + 1, "image_id": int(i) + 1,
                         "category_id": int(gt["labels"][i, j]) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
                         "area": float(gt["area"][i, j]), "iscrowd": int(crowd[i, j])})
+    if rles is not None:
+      annotations[-1]["segmentation"] = rles[i, j]
+  images = [{"id": i + 1} for i in range(gt["boxes"].shape[0])]
+  size = _rle_size(rles) if rles is not None else None
+  if size is not None:
+    images = [{**image, "height": size[0], "width": size[1]} for image in images]
   coco = COCO()
-  coco.dataset = {"images": [{"id": i + 1} for i in range(gt["boxes"].shape[0])],
+  coco.dataset = {"images": images,
                   "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
                   "annotations": annotations}
   with _quiet(verbose):
@@ -154,15 +251,21 @@ def coco_ground_truth(ground_truth, num_classes: int, difficult_as_crowd: bool =
   return coco
 
 
-def coco_results(detections, num_classes: int) -> list:
-  """COCO's results list (image_id, category_id, bbox xywh, score) of the valid detections."""
+def coco_results(detections, num_classes: int, iou_type: str = "bbox") -> list:
+  """COCO's results list of the valid detections: (image_id, category_id, bbox xywh, score), or for iou_type
+  'segm' (image_id, category_id, segmentation RLE, score)."""
   dt = _detections(detections)
   _check_labels(dt["labels"], dt["valid"], num_classes, "detection")
+  rles = _mask_rles(detections, dt["valid"], "detection") if iou_type == "segm" else None
   results = []
   for i, j in zip(*np.nonzero(dt["valid"])):
-    x1, y1, x2, y2 = (float(v) for v in dt["boxes"][i, j])
-    results.append({"image_id": int(i) + 1, "category_id": int(dt["labels"][i, j]) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(dt["scores"][i, j])})
+    result = {"image_id": int(i) + 1, "category_id": int(dt["labels"][i, j]) + 1, "score": float(dt["scores"][i, j])}
+    if rles is None:
+      x1, y1, x2, y2 = (float(v) for v in dt["boxes"][i, j])
+      result["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+    else:
+      result["segmentation"] = rles[i, j]
+    results.append(result)
   return results
 
 
@@ -176,8 +279,8 @@ def _quiet(verbose: bool):
 
 
 def coco_metrics(detections, ground_truth, num_classes: int, area_frame=None, difficult_as_crowd: bool = True,
-                 all_stats: bool = False, verbose: bool = False) -> dict:
-  """COCO bbox metrics from pycocotools' COCOeval; see the module docstring.
+                 all_stats: bool = False, verbose: bool = False, iou_type: str = "bbox") -> dict:
+  """COCO bbox (or, with iou_type='segm', mask) metrics from pycocotools' COCOeval; see the module docstring.
 
   Returns floats {'map' (AP at IoU .50:.05:.95), 'map50', 'map75', 'map_small',
   'map_medium', 'map_large', 'mar_100'} (with `all_stats` all 12 of
@@ -186,15 +289,28 @@ def coco_metrics(detections, ground_truth, num_classes: int, area_frame=None, di
   the 'area' given with them) into another frame for COCO's area ranges: the
   scale from the boxes' pixels to that frame, a float, [N] per image, or
   [N, 2] per image (sy, sx) (e.g. the original image's size over the model
-  input's); IoUs do not change under such a scaling, areas scale by sy * sx.
+  input's); IoUs do not change under such a scaling, areas scale by sy * sx
+  (with masks: their pixel counts, the ground truth's and the detections').
   pycocotools' prints are swallowed unless `verbose` (which also prints
   COCOeval's summary table).
   """
   from pycocotools.cocoeval import COCOeval
+  if iou_type not in IOU_TYPES:
+    raise ValueError(f"detection eval: iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
   gt = dict(ground_truth)
   dt = dict(detections)
+  n = np.asarray(gt["boxes"]).shape[0]
+  _detections(dt, n)  # shape checks before any work
+  if gt.get("masks") is not None:  # encoded once; the mask's pixel count is the object's area (COCO's)
+    gt["masks"] = _mask_rles(gt, _valid_slots(gt, "ground truth"), "ground truth")
+    if gt.get("area") is None:
+      gt["area"] = _rle_areas(gt["masks"])
+  if iou_type == "segm":
+    dt["masks"] = _mask_rles(dt, _valid_slots(dt, "detections"), "detection")
+    if gt.get("masks") is None:
+      raise ValueError("detection eval: iou_type 'segm' needs ground truth 'masks'")
+  frame = None
   if area_frame is not None:
-    n = np.asarray(gt["boxes"]).shape[0]
     frame = np.asarray(area_frame, np.float64)
     frame = np.broadcast_to(frame[..., None] if frame.ndim < 2 else frame, (n, 2))  # (sy, sx) per image
     xyxy = np.stack([frame[:, 1], frame[:, 0], frame[:, 1], frame[:, 0]], -1)[:, None, :]
@@ -202,19 +318,28 @@ def coco_metrics(detections, ground_truth, num_classes: int, area_frame=None, di
     dt["boxes"] = np.asarray(dt["boxes"], np.float64) * xyxy
     if gt.get("area") is not None:
       gt["area"] = np.asarray(gt["area"], np.float64) * (frame[:, 0] * frame[:, 1])[:, None]
-  _detections(dt, np.asarray(gt["boxes"]).shape[0])  # shape checks before any work
   coco_gt = coco_ground_truth(gt, num_classes, difficult_as_crowd, verbose)
-  results = coco_results(dt, num_classes)
+  if iou_type == "segm" and "height" not in (coco_gt.dataset["images"] or [{}])[0]:
+    size = _rle_size(dt["masks"])  # no ground-truth mask at all: the detections' frame
+    coco_gt.dataset["images"] = [{**image, "height": size[0], "width": size[1]} if size else image
+                                 for image in coco_gt.dataset["images"]]
+    with _quiet(verbose):
+      coco_gt.createIndex()
+  results = coco_results(dt, num_classes, iou_type)
   with _quiet(verbose):
     if results:
       coco_dt = coco_gt.loadRes(results)
+      if frame is not None and iou_type == "segm":  # loadRes measured the masks in the boxes' pixels
+        for ann in coco_dt.dataset["annotations"]:
+          sy, sx = frame[ann["image_id"] - 1]
+          ann["area"] = float(ann["area"]) * sy * sx
     else:  # loadRes cannot take an empty list; an empty results object is what it would build
       from pycocotools.coco import COCO
       coco_dt = COCO()
       coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
                          "categories": list(coco_gt.dataset["categories"]), "annotations": []}
       coco_dt.createIndex()
-    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
@@ -306,15 +431,28 @@ def voc_map(detections, ground_truth, iou_threshold: float = 0.5, use_07_metric:
 
 def evaluate_detections(detections, ground_truth, num_classes: int, area_frame=None,
                         verbose: bool = False) -> dict:
-  """COCO's 7 headline metrics plus VOC's mAP at IoU 0.5 (area and 11-point).
+  """COCO's 7 headline metrics plus VOC's mAP at IoU 0.5 (area and 11-point), and mask AP with masks.
 
   {'map', 'map50', 'map75', 'map_small', 'map_medium', 'map_large', 'mar_100',
   'voc_map50', 'voc07_map50'}: floats, NaN where undefined (see the module
-  docstring). The VOC numbers use continuous-box IoU (no +1).
+  docstring). The VOC numbers use continuous-box IoU (no +1). When both the
+  detections and the ground truth have 'masks', also COCO's segm AP
+  'mask_map', 'mask_map50', 'mask_map75'. With ground-truth masks (and no
+  'area'), a ground-truth object's area is its mask's pixel count in the
+  box evaluation too, as in COCO's annotations.
   """
+  masks = detections.get("masks") is not None and ground_truth.get("masks") is not None
+  if masks:  # encoded once for both evaluations
+    ground_truth = {**ground_truth,
+                    "masks": _mask_rles(ground_truth, _valid_slots(ground_truth, "ground truth"), "ground truth")}
+    detections = {**detections, "masks": _mask_rles(detections, _valid_slots(detections, "detections"), "detection")}
   out = coco_metrics(detections, ground_truth, num_classes, area_frame=area_frame, verbose=verbose)
   out["voc_map50"] = voc_map(detections, ground_truth, 0.5, use_07_metric=False, num_classes=num_classes)[0]
   out["voc07_map50"] = voc_map(detections, ground_truth, 0.5, use_07_metric=True, num_classes=num_classes)[0]
+  if masks:
+    segm = coco_metrics(detections, ground_truth, num_classes, area_frame=area_frame, verbose=verbose,
+                        iou_type="segm")
+    out.update({f"mask_{k}": segm[k] for k in MASK_KEYS})
   return out
 
 

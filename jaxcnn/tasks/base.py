@@ -63,11 +63,23 @@ class Task(abc.ABC):
     count = max(sums.pop("count"), 1.0)
     return {f"eval/{k}": float(v) / count for k, v in sums.items()}
 
+  def host_batch(self, outputs: Dict[str, Any]) -> Dict[str, Any]:
+    """What to keep of one eval batch's `per_example/<name>` outputs (default: all of them, unchanged).
+
+    Called on the host, on every process, once per global eval batch (after the runner has gathered it
+    over processes), with the names without the prefix, padding examples included. The result's values
+    keep the leading example axis (NumPy arrays, object arrays allowed); they are concatenated over the
+    split for `host_eval`. A task whose per-example outputs are large turns them into a compact form here
+    (detection: instance masks [B, D, H, W] into COCO RLEs) instead of holding the whole split's pixels.
+    """
+    return outputs
+
   def host_eval(self, outputs: Dict[str, Any]) -> Dict[str, float]:
     """Host-side evaluator over the whole split (COCO mAP, retrieval recall, ...), on every process.
 
-    `outputs` holds the `per_example/<name>` arrays eval_step returned, concatenated over the
-    split in order with padding examples removed (without the prefix). Returns 'eval/...' metrics.
+    `outputs` holds the `per_example/<name>` arrays eval_step returned (as `host_batch` kept them),
+    concatenated over the split in order with padding examples removed (without the prefix). Returns
+    'eval/...' metrics.
     """
     return {}
 

@@ -3,15 +3,17 @@
 Batches carry `image` [B, H, W, C] and the dataset's boxes field: `boxes` float32 [B, M, 4] (xyxy pixels
 of the batch image, M = the dataset's padded box count, data.max_boxes), `boxes_valid` bool [B, M] and
 `box_classes` int32 [B, M] (classes 0..K-1); `box_crowd` / `box_difficult` bool [B, M] where the dataset
-has them (COCO's iscrowd, VOC's difficult: both are ignored by the evaluators, as the official ones do).
-Padded slots count nowhere; an image without boxes is a valid, all-background example.
+has them (COCO's iscrowd, VOC's difficult: both are ignored by the evaluators, as the official ones do), and
+instance masks uint8 [B, M, H, W] where the dataset has a field of kind 'box_mask' (digits_inst's
+'box_masks'). Padded slots count nowhere; an image without boxes is a valid, all-background example.
 
 Models follow the detection contract (`jaxcnn/models/retinanet.py` describes it): `__call__` returns the raw
 head outputs, `detection_loss(outputs, targets, image_size, axis_name)` is the model's own loss as torchvision
 computes it, `postprocess(outputs, image_size)` the fixed-size detections. Two-stage detectors, whose
 second stage trains on proposals sampled against the ground truth, set `trains_with_targets = True`: their
 training forward receives `targets=` and a 'sampling' rng (fixed-size random fg/bg sampling) and returns
-what `detection_loss` needs. Labels follow torchvision's
+what `detection_loss` needs; with instance masks in the batch the targets carry them as 'masks'
+[B, M, H, W] (Mask R-CNN's mask loss needs them). Labels follow torchvision's
 convention: the model is built with num_classes = K + 1 and dataset class c is model label c + 1 (0 is
 background), so torchvision's 91-class COCO weights and heads line up.
 
@@ -25,6 +27,15 @@ under the curve, VOC2010+) and eval/voc07_map50 (VOC2007's 11 points); NaN where
 stretched into data.image_size); IoUs do not depend on that frame, and COCO's small/medium/large area
 ranges are applied in each image's source frame (through the batch's `source_hw`), as torchvision's
 references score boxes mapped back to the original image.
+
+Instance segmentation: when the model's postprocess returns 'masks' (Mask R-CNN: probabilities
+[B, D, H, W]), the eval step thresholds them inside the jitted step as torchvision's references do
+(> 0.5; False in invalid detection slots), and the task's `host_batch` turns each eval batch's masks,
+and the dataset's ground-truth masks, into COCO RLEs on the host before the split is concatenated
+(never the whole split's pixels). `host_eval` then adds COCO's mask AP (COCOeval, iouType 'segm'):
+eval/mask_map, eval/mask_map50, eval/mask_map75 (eval/map stays the headline: box AP). With
+ground-truth masks, a ground-truth object's area for COCO's small/medium/large ranges is its mask's
+pixel count (in the source frame), as in COCO's annotations, in the box and the mask evaluation.
 
 Options (config section `detection`):
   pictures         eval images drawn with their detections in plots/ at every eval (0: none)
@@ -81,6 +92,7 @@ class Detection(Task):
     except ImportError:
       raise UserError("task 'detection' scores with the official COCO evaluator: pip install 'jaxcnn[detection]' "
                       "(pycocotools)") from None
+    self.mask_field = next((name for name, kind in kinds.items() if kind == "box_mask"), None)
     self.num_classes = int(data_info.num_classes)
     names = tuple(getattr(data_info, "class_names", ()) or ())
     self.class_names = names if len(names) == self.num_classes else None
@@ -101,16 +113,20 @@ class Detection(Task):
     return self.model.init({"params": params_rng, "dropout": dropout_rng}, batch["image"], train=False)
 
   @staticmethod
-  def targets(batch):
-    """The model's targets: labels in torchvision's space (dataset class + 1; 0 is background)."""
+  def targets(batch, mask_field=None):
+    """The model's targets: labels in torchvision's space (dataset class + 1; 0 is background), and
+    'masks' (the batch's `mask_field`, uint8 [B, M, H, W]) when given and in the batch."""
     missing = [f for f in BOX_FIELDS if f not in batch]
     if missing:
       raise UserError(f"detection batches need fields {list(BOX_FIELDS)}; missing {missing}")
-    return {"boxes": batch["boxes"].astype(jnp.float32), "labels": batch["box_classes"].astype(jnp.int32) + 1,
-            "valid": batch["boxes_valid"].astype(bool)}
+    targets = {"boxes": batch["boxes"].astype(jnp.float32), "labels": batch["box_classes"].astype(jnp.int32) + 1,
+               "valid": batch["boxes_valid"].astype(bool)}
+    if mask_field is not None and mask_field in batch:
+      targets["masks"] = batch[mask_field]
+    return targets
 
   def loss(self, params, model_state, batch, rng):
-    targets = self.targets(batch)
+    targets = self.targets(batch, self.mask_field)
     dropout_rng, sampling_rng = jax.random.split(rng)
     extra = {"targets": targets} if getattr(self.model, "trains_with_targets", False) else {}
     outputs, new_state = self.model.apply(
@@ -123,12 +139,17 @@ class Detection(Task):
 
   # --- evaluation -----------------------------------------------------------------------------------------
   def detect(self, variables, images):
-    """Fixed-size detections {'boxes', 'scores', 'labels' (dataset classes), 'valid'} of a batch."""
+    """Fixed-size detections {'boxes', 'scores', 'labels' (dataset classes), 'valid'} of a batch, and
+    'masks' bool [B, D, H, W] (probability > 0.5, valid slots only) when the model predicts masks."""
     outputs = self.model.apply(variables, images, train=False)
     outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
     detections = self.model.postprocess(outputs, images.shape[1:3])
-    return {"boxes": detections["boxes"].astype(jnp.float32), "scores": detections["scores"].astype(jnp.float32),
-            "labels": detections["labels"].astype(jnp.int32) - 1, "valid": detections["valid"].astype(bool)}
+    valid = detections["valid"].astype(bool)
+    out = {"boxes": detections["boxes"].astype(jnp.float32), "scores": detections["scores"].astype(jnp.float32),
+           "labels": detections["labels"].astype(jnp.int32) - 1, "valid": valid}
+    if "masks" in detections:
+      out["masks"] = (detections["masks"] > 0.5) & valid[:, :, None, None]
+    return out
 
   def eval_step(self, variables, batch):
     detections = self.detect(variables, batch["image"])
@@ -140,6 +161,8 @@ class Detection(Task):
     for field, name in OPTIONAL_GT_FIELDS.items():
       if field in batch:
         out[f"per_example/gt_{name}"] = batch[field]
+    if self.mask_field is not None and self.mask_field in batch:
+      out["per_example/gt_masks"] = (batch[self.mask_field] > 0) & out["per_example/gt_valid"][:, :, None, None]
     if "source_hw" in batch:
       out["per_example/source_hw"] = batch["source_hw"]
     return out
@@ -147,9 +170,22 @@ class Detection(Task):
   def eval_metrics(self, sums):
     return {}  # everything comes from host_eval
 
+  def host_batch(self, outputs):
+    """Each eval batch's predicted and ground-truth masks as COCO RLEs (object arrays [B, slots]): the
+    split is held as RLEs, not pixels. Padding examples' masks are not encoded (they are dropped)."""
+    if "masks" not in outputs and "gt_masks" not in outputs:
+      return outputs
+    from jaxcnn.eval import detection as det_eval
+    real = np.asarray(outputs["mask"])[:, None] > 0
+    out = dict(outputs)
+    for masks, valid in (("masks", "valid"), ("gt_masks", "gt_valid")):
+      if masks in out:
+        out[masks] = det_eval.masks_to_rle(out[masks], np.asarray(out[valid], bool) & real)
+    return out
+
   def host_eval(self, outputs):
     from jaxcnn.eval import detection as det_eval
-    detections = {k: outputs[k] for k in ("boxes", "scores", "labels", "valid")}
+    detections = {k: outputs[k] for k in ("boxes", "scores", "labels", "valid", "masks") if k in outputs}
     truth = {k[3:]: v for k, v in outputs.items() if k.startswith("gt_")}
     frame = self.source_frame(outputs["source_hw"]) if "source_hw" in outputs else None
     metrics = det_eval.evaluate_detections(detections, truth, self.num_classes, area_frame=frame)

@@ -304,21 +304,28 @@ def evaluate(task, batches, run_batch) -> dict:
 
   `run_batch(local_batch)` returns the task's eval_step outputs on the host, on every process, for the
   global batch. Outputs are summed over the split as arrays (scalars, confusion matrices, ...), except
-  `per_example/...` entries: per-example arrays that are concatenated over the split, padding dropped,
-  and handed to the task's host-side evaluator (`Task.host_eval`, e.g. COCO mAP or retrieval recall).
+  `per_example/...` entries: per-example arrays of the global batch, which go through the task's
+  `host_batch` hook once per batch (default: kept as they are; detection turns instance masks into COCO
+  RLEs there, so the split's masks are never held as pixels), are concatenated over the split, padding
+  dropped (by `per_example/mask`, read before the hook), and handed to the task's host-side evaluator
+  (`Task.host_eval`, e.g. COCO mAP or retrieval recall).
   """
   sums, outputs, valid = {}, {}, []
+  host_batch = getattr(task, "host_batch", None) or (lambda per_example: per_example)  # duck-typed tasks too
   for local_batch in batches:
     out = run_batch(local_batch)
+    per_example = {}
     for k, v in out.items():
       if k.startswith(PER_EXAMPLE):
-        outputs.setdefault(k[len(PER_EXAMPLE):], []).append(np.asarray(v))
+        per_example[k[len(PER_EXAMPLE):]] = np.asarray(v)
       else:
         v = np.asarray(v)
         v = v.astype(np.float64) if v.dtype.kind == "f" else v.astype(np.int64)
         sums[k] = sums[k] + v if k in sums else v
-    if outputs:
-      valid.append(np.asarray(out.get(PER_EXAMPLE + "mask", np.ones(len(next(iter(outputs.values()))[-1])))))
+    if per_example:
+      valid.append(np.asarray(per_example.get("mask", np.ones(len(next(iter(per_example.values())))))))
+      for k, v in host_batch(per_example).items():
+        outputs.setdefault(k, []).append(np.asarray(v))
   metrics = task.eval_metrics({k: (float(v) if v.ndim == 0 else v) for k, v in sums.items()}) if sums else {}
   if outputs:
     keep = np.concatenate(valid) > 0
