@@ -16,7 +16,8 @@ reproduced: images are fitted with the shorter side 800 and the longer at most 1
 torchvision recipes; batches are padded to 1333 x 1333 without the padding mask (the position encoding and
 the attention then see the padding as image); the head has 82 logits (the unused label 0, 80 classes and
 "no object"; the official COCO model has 92, one per category id up to 90). The schedule counts 500 x 1,849
-steps of 64 over all 118,287 train2017 images (the official data set keeps the images without annotations). Not measured here (no GPU, no COCO files).
+steps of 64 over all 118,287 train2017 images (the official data set keeps the images without
+annotations). Not measured here (no GPU, no COCO files).
 """
 from experiments.configs.common import detection_config
 from jaxcnn.models.retinanet import backbone_freeze_pattern
