@@ -15,7 +15,7 @@ published figure for that config. For comparison, the Faster R-CNN paper (Ren et
 reports 73.2 mAP for VGG-16 trained on 07+12 (no FPN, single 600 px scale, 4-step alternating training
 of RPN and Fast R-CNN); the ResNet-50-FPN model here is the torchvision design, not the paper's.
 Differences from mmdetection: torchvision's heads (smooth L1 box losses with beta 1/9 where mmdetection's
-config uses L1 for the RoI head, torchvision's RPN pre/post-NMS top-n), BatchNorm affines frozen (mmdetection
+config uses L1 in the RPN and the RoI head, torchvision's RPN pre/post-NMS top-n), BatchNorm affines frozen (mmdetection
 trains them with frozen statistics), batches padded to 1000 x 1000 instead of grouping by aspect ratio,
 images without non-difficult objects kept, the warmup starts at 0 instead of 0.001 x lr. Not measured
 here (no GPU, no VOC files).
