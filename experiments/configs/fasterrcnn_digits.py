@@ -14,7 +14,8 @@ and cosine decay over 800 steps of 16, gradients clipped at norm 10, no augmenta
 Target: eval/map50 >= 0.7 on the 500 test canvases within 10 minutes on 2 idle CPU cores
 (`../shared/checks/frcnn-digits`). Measured (seed 0): eval/map50 0.994, AP@[.5:.95] 0.829, map75 0.983,
 voc07_map50 0.972; 398 s of CPU time (user + sys), about 210 s on the idle machine, 2,061 s of wall time on
-the shared machine (load average 7-17).
+the shared machine (load average 7-17); the check again: the same figures, 371 s of CPU time (about 195 s
+idle), 650 s of wall time at load average 5-8.
 """
 from experiments.configs.common import detection_config
 
