@@ -418,6 +418,7 @@ def random_variables(abstract, seed=0):
   return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
+@pytest.mark.slow  # compile-bound; the fast set keeps the loss, matching and parity tests
 def test_one_jitted_training_step_through_the_detection_task():
   """A tiny DETR (ResNet-18, d 32, 1 + 2 layers, 8 queries) through Detection.loss, AdamW, jitted; frozen BN,
   dropout on, gradients everywhere; then the task's jitted detection."""

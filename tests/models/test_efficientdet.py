@@ -305,6 +305,7 @@ def host_init(shapes, seed=0):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@pytest.mark.slow  # compile-bound; the fast set keeps D0 parity and the loss rules
 def test_one_jitted_training_step_through_the_detection_task():
   """A tiny EfficientDet (B0 with stochastic depth, 16-channel single-cell BiFPN on P3-P5, one head conv) on
   digits_det: the task's loss and gradients, one Adam step; the loss drops on the same batch after a few more."""
