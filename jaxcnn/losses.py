@@ -12,6 +12,10 @@ Labels are integer class ids of the logits' spatial shape; a pixel labelled
 its gradient. A batch with no labelled pixel at all gives a loss of 0 (torch
 gives NaN there), so a crop that falls wholly into ignored padding does not end
 a run as "diverged".
+
+Image-text (the `contrastive` task): `clip_loss` (CLIP's symmetric softmax cross-entropy, open_clip's ClipLoss)
+and `siglip_loss` (SigLIP's pairwise sigmoid loss, open_clip's SigLipLoss), over the global batch, optionally
+in row blocks that bound the memory of the B x B logits.
 """
 from typing import Optional, Sequence, Union
 
@@ -221,3 +225,65 @@ def asymmetric_polynomial_loss(logits, targets, gamma_pos: float = 0.0, gamma_ne
     w = jax.lax.stop_gradient((1 - p_t) ** (gamma_pos * y + gamma_neg * (1 - y)))
     loss = loss * w
   return _reduce_loss(-loss, reduction)
+
+
+# --- image-text contrastive losses (CLIP, SigLIP) ---------------------------------------------------------------
+# Both take L2-normalised embeddings [b, D] and score every image against every text of the GLOBAL batch. Under
+# jit with NamedShardings the arrays already are global; on the legacy pmap path (`axis_name`) each device
+# all-gathers the features and computes the same global loss (all_gather's transpose, a psum_scatter, sends each
+# device's share of the gradient back, and the runner's pmean of the gradients gives the global one).
+# `chunk` > 0 computes the B x B logits in blocks of `chunk` rows, each block rematerialised in the backward pass,
+# so at most one block of logits is alive instead of B x B; the result is the same sum taken in another order.
+
+
+def _global(features, axis_name):
+  features = jnp.asarray(features, jnp.float32)
+  return jax.lax.all_gather(features, axis_name, tiled=True) if axis_name else features
+
+
+def _row_block_sum(rows, fn, chunk: int):
+  """sum over row blocks of `fn(block, first_row)`; one block of `chunk` rows at a time when chunk > 0."""
+  n = rows.shape[0]
+  if not chunk or chunk >= n:
+    return fn(rows, 0)
+  if n % chunk:
+    raise ValueError(f"chunk={chunk} must divide the global batch size {n}")
+  blocks = rows.reshape((n // chunk, chunk) + rows.shape[1:])
+  body = jax.checkpoint(lambda xs: fn(xs[0], xs[1]))
+  return jnp.sum(jax.lax.map(body, (blocks, jnp.arange(n // chunk) * chunk)))
+
+
+def clip_loss(image, text, logit_scale, *, axis_name: Optional[str] = None, chunk: int = 0,
+              max_logit_scale: float = 100.0) -> jax.Array:
+  """CLIP's symmetric softmax cross-entropy over the global batch (Radford et al. 2021; open_clip's ClipLoss with
+  gathered features): the mean of the image->text and text->image cross-entropies of the logits
+  scale * image @ text.T, where example i's own text is the one right answer. `logit_scale` is the learned
+  temperature exp(t) (CLIP initialises t = log(1 / 0.07)); it is clamped at `max_logit_scale` (100, as CLIP)."""
+  image, text = _global(image, axis_name), _global(text, axis_name)
+  scale = jnp.minimum(jnp.asarray(logit_scale, jnp.float32), max_logit_scale)
+
+  def cross_entropy(queries, keys):
+    def block(rows, first):
+      labels = first + jnp.arange(rows.shape[0])
+      return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(scale * rows @ keys.T, labels))
+    return _row_block_sum(queries, block, chunk)
+
+  return (cross_entropy(image, text) + cross_entropy(text, image)) / (2 * image.shape[0])
+
+
+def siglip_loss(image, text, logit_scale, logit_bias, *, axis_name: Optional[str] = None,
+                chunk: int = 0) -> jax.Array:
+  """SigLIP's pairwise sigmoid loss over the global batch (Zhai et al. 2023; open_clip's SigLipLoss): every
+  (image, text) pair is a binary problem, positive on the diagonal, with logits scale * image @ text.T + bias;
+  the loss sums -log sigmoid(+-logit) over all B x B pairs and divides by B (the mean over processes of
+  open_clip's per-rank loss). SigLIP initialises the scale at 10 and the bias at -10; the scale is not clamped."""
+  image, text = _global(image, axis_name), _global(text, axis_name)
+  scale = jnp.asarray(logit_scale, jnp.float32)
+  bias = jnp.asarray(logit_bias, jnp.float32)
+
+  def block(rows, first):
+    logits = scale * rows @ text.T + bias
+    positive = (first + jnp.arange(rows.shape[0]))[:, None] == jnp.arange(text.shape[0])[None, :]
+    return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, positive.astype(jnp.float32)))
+
+  return _row_block_sum(image, block, chunk) / image.shape[0]
