@@ -9,3 +9,4 @@ from jaxcnn.layers.pool import adaptive_avg_pool, avg_pool, max_pool
 from jaxcnn.layers.conv_norm import ConvBNAct
 from jaxcnn.layers.resize import resize_bilinear, resize_nearest
 from jaxcnn.layers.fpn import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+from jaxcnn.layers.recurrent import GRU, LSTM, Recurrent, SimpleRNN
