@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.decay_all = False         # False: no decay on biases and norm scales
   c.optim.grad_clip_norm = 0.0      # 0: off
+  c.optim.lr_multipliers = ()       # ((regex over 'a/b/kernel' paths, m), ...): the first match trains at m x lr
 
   # Start from pretrained weights (a torchvision/timm state dict or a jaxcnn workdir): see jaxcnn/train/finetune.py.
   c.finetune = ml_collections.ConfigDict()

@@ -5,7 +5,7 @@
 
 torchvision's segmentation reference (references/segmentation/train.py): ImageNet ResNet-50 backbone
 (`finetune.into=backbone`, converter `resnet50`), output stride 8, auxiliary FCN head (weight 0.5), SGD
-momentum 0.9, lr 0.02 at batch 16 (the head at 10x in torchvision; here one rate), weight decay 1e-4, poly
+momentum 0.9, lr 0.02 at batch 16 (the auxiliary head at 10x: `optim.lr_multipliers`), weight decay 1e-4, poly
 schedule (power 0.9), 30 epochs of `train_aug` (10,582 images), random scale 0.5-2.0, 480x480 crop with
 ignore padding, flip. Target: 77.2 mIoU on VOC 2012 val is the DeepLabV3 paper's figure for ResNet-101 at
 output stride 16 (Chen et al. 2017, Table 4; 79.8 with its multi-grid / multi-scale / COCO tricks). torchvision's
@@ -30,6 +30,7 @@ def get_config(model_name="deeplabv3_resnet50", backbone="resnet50"):
   c.train.steps = 30 * 10582 // 16   # 30 epochs
   c.optim.name = "sgd"
   c.optim.lr = 0.02
+  c.optim.lr_multipliers = (("^aux_classifier/", 10.0),)  # torchvision's reference: the aux head at lr * 10
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-4
   c.optim.schedule = "poly"

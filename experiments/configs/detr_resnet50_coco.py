@@ -9,8 +9,7 @@ AdamW with lr 1e-4 for the transformer and heads and 1e-5 for the backbone, weig
 aux loss on every decoder layer, dropout 0.1, 100 queries, the ImageNet ResNet-50 (converter `resnet50`
 into `backbone`) with FrozenBatchNorm2d (`model.frozen_bn`, the default) and conv1/layer1 not trained
 (`backbone_freeze_pattern(3)`). Target: box AP 42.0 on val2017 (the official 500-epoch figure).
-Differences: the backbone trains at the transformer's rate 1e-4, not 1e-5 (the trainer has a single
-learning rate for all parameters: no per-parameter-group multiplier); the official multi-scale
+The backbone's 1e-5 is `optim.lr_multipliers` 0.1 on 'backbone/'. Differences: the official multi-scale
 augmentation (shorter side drawn from 480..800 and a random 384..600 crop with probability 1/2) is not
 reproduced: images are fitted with the shorter side 800 and the longer at most 1333 and flipped, as the
 torchvision recipes; batches are padded to 1333 x 1333 without the padding mask (the position encoding and
@@ -40,6 +39,7 @@ def get_config():
   c.train.log_every = 20
   c.optim.name = "adamw"
   c.optim.lr = 1e-4
+  c.optim.lr_multipliers = (("^backbone/", 0.1),)  # official lr_backbone 1e-5
   c.optim.weight_decay = 1e-4
   c.optim.decay_all = True  # torch's AdamW decays every parameter
   c.optim.schedule = "step"

@@ -1,5 +1,8 @@
 """Optimizers and learning-rate schedules from the `optim` config section."""
+import re
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxcnn.errors import UserError, unknown
@@ -74,8 +77,64 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
                     weight_decay=wd, mask=mask)
   else:
     raise unknown("optimizer (optim.name)", name, OPTIMIZERS)
+  rules = parse_lr_multipliers(optim_cfg.get("lr_multipliers", ()))
+  if rules:
+    tx = optax.chain(tx, scale_by_path(rules))
   clip = float(optim_cfg.grad_clip_norm)
   if clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx
+
+
+def parse_lr_multipliers(rules) -> tuple:
+  """`optim.lr_multipliers` ((regex, multiplier), ...) checked and compiled: ((re.Pattern, float), ...)."""
+  what = "optim.lr_multipliers"
+  if isinstance(rules, (str, bytes)) or not isinstance(rules, (tuple, list)):
+    raise UserError(f"{what} must be a list of (regex, multiplier) pairs, e.g. (('^backbone/', 0.1),); got {rules!r}")
+  out = []
+  for rule in rules:
+    if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
+      raise UserError(f"{what}: each entry must be a (regex, multiplier) pair, got {rule!r}")
+    pattern, mult = rule
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise UserError(f"{what}: '{pattern}' is not a valid regular expression: {e}") from None
+    if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not 0 <= mult < float("inf"):
+      raise UserError(f"{what}: the multiplier of '{pattern}' must be a finite number >= 0, got {mult!r}")
+    out.append((regex, float(mult)))
+  return tuple(out)
+
+
+def _path_name(path) -> str:
+  """A pytree key path as 'a/b/kernel' (the form finetune.freeze and the sharding rules use)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def path_multipliers(params, rules):
+  """Per parameter: the multiplier of the first rule whose regex matches its 'a/b/kernel' path (else 1)."""
+  def one(path, _):
+    name = _path_name(path)
+    return next((m for regex, m in rules if regex.search(name)), 1.0)
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def scale_by_path(rules) -> optax.GradientTransformation:
+  """The update of each parameter times its `path_multipliers` factor: its learning rate is that multiple of
+  the schedule's, momentum, Adam's moments, clipping and weight decay included (the last transformation, as a
+  PyTorch parameter group's `lr`). Stateless. A rule that matches no (trained) parameter is an error."""
+  def init(params):
+    names = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for regex, _ in rules:
+      if not any(regex.search(n) for n in names):
+        raise UserError(f"optim.lr_multipliers: '{regex.pattern}' matches no trained parameter "
+                        f"(paths look like '{names[0] if names else 'a/b/kernel'}')")
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    factors = path_multipliers(updates, rules)
+    return jax.tree.map(lambda u, m: u if m == 1.0 else u * jnp.asarray(m, u.dtype), updates, factors), state
+
+  return optax.GradientTransformation(init, update)
 
