@@ -52,6 +52,8 @@ def default_data_config() -> ml_collections.ConfigDict:
                                  # R-CNN / RetinaNet's min_size 800, max_size 1333, padded to 1333 x 1333)
       "max_boxes": 0,            # box slots per example (0: the dataset's default: digits_det 4, VOC/COCO 100);
                                  # an example with more boxes is an error
+      "context_length": 77,      # datasets with captions: token ids per caption (CLIP's 77; = the text model's)
+      "max_captions": 0,         # datasets with captions: caption slots per image (0: the dataset's default)
       "repeated_aug": 1,         # each drawn image appears this many times per global batch, augmented apart
       "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
       "data_dir": "",            # tfds: '' = default ($TFDS_DATA_DIR or ~/tensorflow_datasets); registered
@@ -86,6 +88,8 @@ class DataSpec:
   resize: str = "fit"      # how spatial examples reach image_hw: fit | stretch
   resize_shorter: int = 0  # fit: limit of the shorter side (0: none)
   max_boxes: int = 0       # resolved box slots per example (0 for datasets without boxes)
+  context_length: int = 77  # token ids per caption ('text' fields)
+  max_captions: int = 0    # resolved caption slots per example (0 for datasets without captions)
 
   @property
   def name(self) -> str:
@@ -282,6 +286,8 @@ def resolve(data_cfg) -> DataSpec:
     raise UserError(f"data.resize_shorter={resize_shorter} limits the shorter side of data.resize='fit'; with "
                     f"data.resize={resize!r} set it to 0")
   max_boxes = _int(data_cfg, "max_boxes", 0) or info.max_boxes
+  has_text = "text" in info.field_kinds.values()
+  max_captions = _int(data_cfg, "max_captions", 0) or info.max_captions
   return DataSpec(
       info=info, image_hw=image_hw, channels=channels,
       train_split=str(_get(data_cfg, "train_split") or info.train_split),
@@ -298,4 +304,6 @@ def resolve(data_cfg) -> DataSpec:
       resize=resize,
       resize_shorter=resize_shorter,
       max_boxes=max_boxes if info.boxes_field else 0,
+      context_length=_int(data_cfg, "context_length", 2),
+      max_captions=max_captions if has_text else 0,
   )

@@ -43,6 +43,12 @@ dataset's native shape), a local batch of b examples holds:
   <box masks>    uint8 [b, M, H, W]    'box_mask' fields: slot m's instance mask (0/1) in the output image,
                                        zero in padding slots and outside the image (e.g. digits_inst's
                                        'box_masks')
+  <text field>   int32 [b, K, L]       'text' fields (e.g. 'captions'): each caption's CLIP token ids (L =
+                                       data.context_length; longer captions truncated as open_clip does, the
+                                       last id the end-of-text token), K = data.max_captions slots (0: the
+                                       dataset's max_captions): the example's captions in the first slots in
+                                       order, those past K dropped, empty slots all zeros; slot 0 is a caption
+                                       (an example without one is a UserError naming it)
   source_hw      int32 [b, 2]          datasets with boxes: (h, w) of each image as the source gave it
   extra fields   as the source gives them
   mask           float32 [b]           eval only: 1 for examples, 0 for padding positions
@@ -169,6 +175,7 @@ class _Examples:
     self.class_fields = [n for n, k in self.kinds.items() if k == "class"]
     self.mask_fields = [n for n, k in self.kinds.items() if k == "mask"]
     self.box_fields = [n for n, k in self.kinds.items() if k == "boxes"]
+    self.text_fields = [n for n, k in self.kinds.items() if k == "text"]
     self.per_box = {n: k for n, k in self.kinds.items() if k in sources.PER_BOX_KINDS}
     self.source = _resized_source(spec, split)
     self.needs_resize = not spec.spatial and not isinstance(self.source, sources.ArraySource)
@@ -189,6 +196,8 @@ class _Examples:
       self.box_specs[name] = (shape, np.dtype(detection.PER_BOX_DTYPES[kind]))
     if self.box_fields:
       self.box_specs[SOURCE_HW] = ((2,), np.dtype(np.int32))
+    for name in self.text_fields:
+      self.box_specs[name] = ((spec.max_captions, spec.context_length), np.dtype(np.int32))
     self.dropped = detection.DroppedBoxes(spec.name)
     self._mean_std = None
     self._fill = None
@@ -236,6 +245,8 @@ class _Examples:
       out.update(columns)
     if self.box_fields:
       out[SOURCE_HW] = np.array(image.shape[:2], np.int32)
+    for name in self.text_fields:
+      out[name] = self._tokens(example[name], name, index)
     for name, field_spec in self.extra_fields.items():
       out[name] = self._checked(example[name], name, field_spec, index)
     return out
@@ -247,6 +258,19 @@ class _Examples:
       raise UserError(f"{self._what(index)} has field '{name}' of shape {value.shape}, the others {shape}: "
                       f"every example's fields must have one shape")
     return value
+
+  def _tokens(self, captions, name: str, index: int) -> np.ndarray:
+    """An example's captions as int32 [K, L] token ids (see the module doc)."""
+    if isinstance(captions, (str, bytes)):
+      captions = [captions]
+    texts = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in np.asarray(captions, object).ravel()]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+      raise UserError(f"{self._what(index)} has no caption in its '{name}' field; every image needs at least one")
+    out = np.zeros((self.spec.max_captions, self.spec.context_length), np.int32)
+    for k, text in enumerate(texts[:self.spec.max_captions]):
+      out[k] = _token_ids(text, self.spec.context_length)
+    return out
 
   def _checked_mask(self, mask, image_hw, name: str, index: int) -> np.ndarray:
     """[H, W] (uint8 or int32): the image's size, every value a class or the ignore label (else a UserError)."""
@@ -327,6 +351,15 @@ class _Examples:
     for name, (shape, dtype) in {**self.box_specs, **self.extra_fields}.items():
       out[name] = np.zeros(shape, dtype)
     return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _token_ids(text: str, context_length: int) -> np.ndarray:
+  """CLIP token ids of one caption, cached: template-made captions repeat, and tokenizing costs ~50 us each."""
+  from jaxcnn.data import tokenizer  # pylint: disable=g-import-not-at-top
+  ids = tokenizer.tokenize([text], context_length)[0]
+  ids.setflags(write=False)
+  return ids
 
 
 def _resized_source(spec: config_lib.DataSpec, split: str):

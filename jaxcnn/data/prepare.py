@@ -300,13 +300,14 @@ def builder_code_without_tensorflow(tfds_name: str):
     return
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.utils import lazy_imports_utils  # pylint: disable=g-import-not-at-top
-  try:
-    module = sys.modules[tfds.builder_cls(tfds_name.split("/")[0].split(":")[0]).__module__]
+  try:   # the builder's module and its base classes' (coco_captions builds on coco's feature spec)
+    modules = {sys.modules[c.__module__] for c in tfds.builder_cls(tfds_name.split("/")[0].split(":")[0]).__mro__}
   except Exception:  # pylint: disable=broad-except  (an unknown name: tfds.data_source says so itself)
-    module = None
+    modules = set()
   with contextlib.ExitStack() as stack:
-    if module is not None and getattr(module, "tf", None) is lazy_imports_utils.tensorflow:
-      stack.enter_context(_replaced(module, "tf", TF_STAND_IN))
+    for module in modules:
+      if getattr(module, "tf", None) is lazy_imports_utils.tensorflow:
+        stack.enter_context(_replaced(module, "tf", TF_STAND_IN))
     yield
 
 

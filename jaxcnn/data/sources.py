@@ -62,7 +62,7 @@ from jaxcnn.errors import UserError, unknown
 
 
 # Kinds of example fields (`DatasetInfo.fields`); what the pipeline does with each is in pipeline.py's doc.
-FIELD_KINDS = ("image", "mask", "boxes", "class", "box_class", "box_flag", "box_mask")
+FIELD_KINDS = ("image", "mask", "boxes", "class", "box_class", "box_flag", "box_mask", "text")
 SPATIAL_TARGET_KINDS = ("mask", "boxes", "box_mask")
 # One value per box of the dataset's boxes field, in the same slots: a class (int32, 0..num_classes-1), a flag
 # (bool, e.g. COCO's is_crowd, VOC's difficult) or a binary mask of the image's size (uint8 0/1 [H, W], the
@@ -85,7 +85,9 @@ class DatasetInfo:
   'box_class' / 'box_flag' ([N] per box of the one boxes field: an int class /
   a bool), 'box_mask' ([N, H, W] 0/1 or bool per box of the boxes field: its
   instance's pixels in the image; moved by geometry like the image, resized
-  by nearest neighbour, padded with 0). Other fields an example carries
+  by nearest neighbour, padded with 0), 'text' (an example's caption strings,
+  tokenized by the pipeline into [max_captions, context_length] ids; see
+  `jaxcnn.data.captions`). Other fields an example carries
   pass through unchanged (see `extra_field_specs`). `num_classes` counts the
   classes of the dataset's target: labels for classification, mask values
   (background included) for segmentation, object classes (no background) for
@@ -103,6 +105,7 @@ class DatasetInfo:
   ignore_label: int = 255                       # mask value that no loss or metric counts
   class_names: Tuple[str, ...] = ()             # optional, num_classes names
   max_boxes: int = 100                          # boxes slots per example when data.max_boxes is 0
+  max_captions: int = 5                         # 'text' fields: caption slots when data.max_captions is 0
 
   def __post_init__(self):
     pairs = tuple((str(k), str(v)) for k, v in (self.fields.items() if isinstance(self.fields, dict)
