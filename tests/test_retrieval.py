@@ -281,3 +281,54 @@ def test_cli_bad_inputs(media, tmp_path, fake_model, capsys):
   assert cli.main(["index", str(bad), f"--index={tmp_path / 'i'}", "--model=x", "--weights=y", "--no-progress",
                    "--skip-bad"]) == 0
   assert [r["file"] for r in store.read(str(tmp_path / "i")).records] == ["three.png"]
+
+
+# --- registered CLIP models through the real loading path -----------------------------------------------
+
+
+def _save_checkpoint(directory, params):
+  """A workdir-like checkpoint (the trainer's 'state' item) that finetune.load_pretrained reads."""
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager(str(directory / "checkpoints"), item_names=("state",))
+  mngr.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+  mngr.wait_until_finished()
+  mngr.close()
+  return str(directory)
+
+
+@pytest.fixture(scope="module")
+def clip_tiny_weights(tmp_path_factory):
+  """Two random clip_tiny parameter sets (seeds 0 and 1), each saved as a checkpoint directory."""
+  import jax
+  from jaxcnn.registry import create_model
+  model = create_model("clip_tiny")
+  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 32), jnp.int32))["params"])
+  return [_save_checkpoint(tmp_path_factory.mktemp(f"clip_tiny{seed}"), init(jax.random.PRNGKey(seed)))
+          for seed in (0, 1)]
+
+
+def test_cli_with_clip_tiny_weights(media, tmp_path, clip_tiny_weights, capsys):
+  first, second = clip_tiny_weights
+  idx = str(tmp_path / "idx")
+  args = ["index", media, f"--index={idx}", "--model=clip_tiny", "--every=0", "--no-progress", "--batch-size=4"]
+  assert cli.main(args + [f"--weights={first}"]) == 0
+  assert "indexed 11 frames from 2 files" in capsys.readouterr().out
+  index = store.read(idx)
+  assert index.embeddings.shape == (11, 128) and index.meta["image"]["size"] == [32, 32]
+  assert index.meta["model"]["model"] == "clip_tiny" and index.meta["model"]["source"] == first
+  # query re-loads the index's own model; its top hit for any text is one of the indexed frames
+  assert cli.main(["query", f"--index={idx}", "a handwritten seven", "-k", "3", "--sheet="]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == "query: a handwritten seven" and len(out) == 4 and media in out[1]
+
+  line = _one_error_line(capsys, cli.main(["query", f"--index={idx}", "seven", "--model=clip_tiny",
+                                           f"--weights={second}"]))
+  assert "index built with clip_tiny" in line and "not with clip_tiny" in line
+  line = _one_error_line(capsys, cli.main(args + [f"--weights={second}"]))  # re-index with other weights
+  assert "index built with clip_tiny" in line
+  assert store.read(idx).meta["model"]["source"] == first  # the index is as it was
+
+  line = _one_error_line(capsys, cli.main(["index", media, f"--index={tmp_path / 'rn'}", "--model=clip_tiny_rn",
+                                           f"--weights={first}", "--no-progress"]))
+  assert f"{first}: weights of another architecture, not clip_tiny_rn" in line
+  assert not os.path.exists(tmp_path / "rn")
