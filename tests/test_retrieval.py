@@ -241,7 +241,8 @@ def test_cli_bad_inputs(media, tmp_path, fake_model, capsys):
   empty = tmp_path / "empty"
   os.makedirs(empty / "sub")
   (empty / "notes.txt").write_text("not media")
-  line = _one_error_line(capsys, cli.main(["index", str(empty), f"--index={tmp_path / 'i'}", "--model=x", "--weights=y"]))
+  line = _one_error_line(capsys, cli.main(["index", str(empty), f"--index={tmp_path / 'i'}", "--model=x",
+                                           "--weights=y"]))
   assert "holds no images or videos" in line and str(empty) in line
 
   bad = tmp_path / "bad"

@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
   ix.add_argument("folder", help="folder searched recursively for images and videos")
   ix.add_argument("--index", required=True, help="index directory to write (replaced atomically)")
   _model_flags(ix, required=True)
-  ix.add_argument("--every", type=float, default=1.0, help="seconds between keyframes within a shot (0: shot starts only)")
+  ix.add_argument("--every", type=float, default=1.0,
+                  help="seconds between keyframes within a shot (0: shot starts only)")
   ix.add_argument("--shot-threshold", type=float, default=0.1, help="frame difference that starts a shot (0: off)")
   ix.add_argument("--min-shot", type=float, default=0.5, help="seconds: shortest shot")
   ix.add_argument("--batch-size", type=int, default=32, help="frames per jitted batch (rounded up to the device count)")

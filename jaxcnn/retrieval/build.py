@@ -71,7 +71,7 @@ def build_index(folder: str, path: str, encoder, sampling: frames_lib.Sampling, 
   store.check_target(path)
   folder = os.path.abspath(folder)
   files = frames_lib.find_media(folder)
-  settings = {"image": {"size": list(encoder.image_hw), "channels": encoder.channels,
+  settings = {"image": {"size": list(encoder.image_hw), "channels": encoder.channels, "resample": encoder.resample,
                         "mean": np.asarray(encoder.mean).tolist(), "std": np.asarray(encoder.std).tolist()},
               "keyframes": dataclasses.asdict(sampling)}
   previous = _previous(path, encoder, settings, rebuild)

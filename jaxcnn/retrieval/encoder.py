@@ -6,8 +6,9 @@ Two sources, both read by `jaxcnn.train.finetune.load_pretrained`:
   size, channels and `data.normalize` mean/std).
 * `--model=NAME --weights=FILE`: a registered image-text model (clip_vit_b32, ...) with open_clip or
   OpenAI weights converted by `jaxcnn.convert.torch_to_flax`; images as CLIP prepares them (OpenAI mean/std).
-Either way an image is resized (bicubic, shorter side to the model's input size) and centre-cropped,
-as CLIP's own preprocessing does, and the weights must have exactly the model's parameter tree.
+Either way an image's shorter side is resized to the model's input size and the image centre-cropped, as
+CLIP's own preprocessing does (bicubic for CLIP weights, as open_clip; bilinear for a run, as the project's
+data pipeline resizes), and the weights must have exactly the model's parameter tree.
 
 Embeddings are L2-normalised float32. Images are embedded in fixed-shape batches (one compilation)
 sharded over the local devices along a 1-D mesh; the last batch is padded.
@@ -36,14 +37,16 @@ class Encoder:
   std: np.ndarray
   channels: int = 3
   context_length: int = 77
+  resample: str = "bicubic"  # or bilinear
 
   def preprocess(self, image) -> np.ndarray:
-    """PIL image -> float32 [H, W, C] normalised: resize the shorter side (bicubic), centre crop."""
+    """PIL image -> float32 [H, W, C] normalised: resize the shorter side, centre crop."""
     from PIL import Image
     h, w = self.image_hw
     scale = max(h / image.height, w / image.width)
     size = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
-    image = image.convert("L" if self.channels == 1 else "RGB").resize(size, Image.BICUBIC)
+    resample = Image.BICUBIC if self.resample == "bicubic" else Image.BILINEAR
+    image = image.convert("L" if self.channels == 1 else "RGB").resize(size, resample)
     left, top = int(round((size[0] - w) / 2.0)), int(round((size[1] - h) / 2.0))
     x = np.asarray(image.crop((left, top, left + w, top + h)), np.float32).reshape(h, w, self.channels)
     return (x / 255.0 - self.mean) / self.std
@@ -171,7 +174,7 @@ def from_workdir(workdir: str) -> Encoder:
   identity = {"source": os.path.abspath(workdir), "kind": "workdir", "model": config.model.name,
               "params_sha256": params_digest(variables)}
   return Encoder(model, variables, identity, tuple(spec.image_hw), np.asarray(mean, np.float32),
-                 np.asarray(std, np.float32), spec.channels, int(model.context_length))
+                 np.asarray(std, np.float32), spec.channels, int(model.context_length), "bilinear")
 
 
 def load(workdir: str = "", model: str = "", weights: str = "") -> Encoder:

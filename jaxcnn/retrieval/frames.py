@@ -153,7 +153,8 @@ def video_keyframes(root: str, rel: str, sampling: Sampling) -> Iterator[Frame]:
         if reason:
           yield Frame(rel, t, i, frame.pts, reason, frame.to_image())
     except av.FFmpegError as e:
-      raise UserError(f"{path}: decoding failed after {i + 1} frames ({_cause(e)}); expected a readable video") from None
+      raise UserError(f"{path}: decoding failed after {i + 1} frames ({_cause(e)}); "
+                      f"expected a readable video") from None
   if i < 0:
     raise UserError(f"{path}: no video frame could be decoded (expected a video with at least one frame)")
 
