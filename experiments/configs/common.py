@@ -22,7 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
   c.train.grad_accum_steps = 1
   c.train.ema_decay = 0.0           # > 0: evaluate an EMA of the parameters
-  c.train.loss = "cross_entropy"    # cross_entropy | rbf_map (LeNet-5's eq. 9, for its RBF head)
+  c.train.loss = "cross_entropy"    # cross_entropy | focal | poly1 | apl | bce | rbf_map (jaxcnn/tasks/classification.py)
+  c.train.loss_options = {}         # keyword arguments of the loss, e.g. {'gamma': 2.0} (focal), {'epsilon': 2.0} (poly1)
+  c.train.class_weights = ()        # one weight per class (classification losses); () = all 1
   c.train.label_smoothing = 0.0
   c.train.aux_loss_weight = 0.3     # auxiliary heads (GoogLeNet aux_logits=True): loss = main + w * (aux1 + aux2)
   c.train.mixup_alpha = 0.0         # > 0: Mixup with Beta(alpha, alpha) (classification)
@@ -46,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.decay_all = False         # False: no decay on biases and norm scales
   c.optim.grad_clip_norm = 0.0      # 0: off
+  c.optim.l1 = 0.0                  # + l1 * sum|w| in the loss (same mask as weight decay); with l2: elastic net
+  c.optim.l2 = 0.0                  # + l2 * sum w^2 in the loss (coupled: goes through Adam's moments, unlike AdamW)
   c.optim.lr_multipliers = ()       # ((regex over 'a/b/kernel' paths, m), ...): the first match trains at m x lr
 
   # Start from pretrained weights (a torchvision/timm state dict or a jaxcnn workdir): see jaxcnn/train/finetune.py.

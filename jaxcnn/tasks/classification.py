@@ -1,4 +1,21 @@
-"""Image classification: softmax cross-entropy with label smoothing, accuracy (top-1/top-5).
+"""Image classification: a selectable loss (label smoothing, Mixup/CutMix, class weights), accuracy (top-1/top-5).
+
+`train.loss` (options in `train.loss_options`, a dict of the loss function's keyword arguments):
+  cross_entropy (alias softmax_ce)  softmax cross-entropy on the (smoothed, mixed) label distribution
+  focal    sigmoid focal loss (Lin et al. 2017), torchvision.ops.sigmoid_focal_loss per class on the
+           one-vs-all targets, summed over classes, mean over examples (RetinaNet's normalisation by the
+           one positive per image); options alpha (0.25, -1: off), gamma (2)
+  poly1    PolyLoss Poly-1 (Leng et al. 2022): CE + epsilon (1 - p_t), optax.losses.poly_loss_cross_entropy;
+           option epsilon (2: the paper's ImageNet value)
+  apl      asymmetric polynomial loss (Huang et al. 2023) on sigmoid outputs, summed over classes, mean over
+           examples; options as jaxcnn.losses.asymmetric_polynomial_loss (the authors' defaults)
+  bce      binary cross-entropy on sigmoid outputs, mean over examples and classes (timm's
+           BinaryCrossEntropy, `--bce-loss`); label smoothing as timm's (off = s/K, on = 1 - s + s/K)
+  rbf_map  LeNet-5's own criterion (its eq. 9), for the RBF head; hard labels only
+The sigmoid losses (focal, apl, bce) are the multi-label ones; here they see one-hot targets (smoothed
+and mixed as for cross-entropy). `train.class_weights` ([K], default none) weights each example's loss by
+its target's class weight (sum_k y_k w_k for soft targets) and divides by the sum of those weights, as
+torch's `F.cross_entropy(weight=w)`. Eval always reports the softmax cross-entropy as eval/loss.
 
 Models with several heads in training are trained as their papers do; eval
 always sees the model's single logits array:
@@ -12,8 +29,10 @@ always sees the model's single logits array:
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jaxcnn import losses
 from jaxcnn.errors import UserError, unknown
 from jaxcnn.models.conformer import ConformerOutputs
 from jaxcnn.models.googlenet import GoogLeNetOutputs
@@ -22,7 +41,39 @@ from jaxcnn.registry import create_model
 from jaxcnn.tasks.base import Task, model_kwargs
 
 
-LOSSES = ("cross_entropy", "rbf_map")
+LOSSES = ("cross_entropy", "softmax_ce", "focal", "poly1", "apl", "bce", "rbf_map")
+
+
+def per_example_loss(name: str, logits, labels, options=None):
+  """[B] losses of logits [B, K] (float32) against label distributions [B, K] for `train.loss` = name."""
+  options = dict(options or {})
+  logits = logits.astype(jnp.float32)
+  if name in ("cross_entropy", "softmax_ce"):
+    return optax.softmax_cross_entropy(logits, labels)
+  if name == "focal":
+    return jnp.sum(losses.sigmoid_focal_loss(logits, labels, **options), axis=-1)
+  if name == "poly1":
+    return losses.poly1_cross_entropy(logits, labels, reduction="none", **options)
+  if name == "apl":
+    return jnp.sum(losses.asymmetric_polynomial_loss(logits, labels, reduction="none", **options), axis=-1)
+  if name == "bce":
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+  raise unknown("train.loss", name, LOSSES)
+
+
+def _check_loss_options(name: str, options) -> dict:
+  """train.loss_options as a dict the loss function accepts (one line naming what is allowed otherwise)."""
+  import inspect
+  options = dict(options or {})
+  functions = {"focal": losses.sigmoid_focal_loss, "poly1": losses.poly1_cross_entropy,
+               "apl": losses.asymmetric_polynomial_loss}
+  allowed = [p for p in inspect.signature(functions[name]).parameters][2:] if name in functions else []
+  allowed = [p for p in allowed if p != "reduction"]
+  bad = sorted(set(options) - set(allowed))
+  if bad:
+    raise UserError(f"train.loss_options {bad} are not options of train.loss='{name}'; "
+                    f"allowed: {', '.join(allowed) or 'none'}")
+  return options
 
 
 class Classification(Task):
@@ -40,6 +91,16 @@ class Classification(Task):
     if config.model.get("return_heads", False):
       raise UserError("model.return_heads=True gives a pair of logits in eval too; to train on the two heads' "
                       "losses set model.train_heads=True instead")
+    self.loss_options = _check_loss_options(self.loss_name, config.train.get("loss_options", {}))
+    weights = config.train.get("class_weights", None)
+    self.class_weights = None
+    if weights is not None and len(weights):
+      weights = np.asarray(weights, np.float32)
+      if weights.shape != (self.num_classes,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
+          or not weights.sum() > 0:
+        raise UserError(f"train.class_weights must be {self.num_classes} finite numbers >= 0 (one per class, "
+                        f"not all 0), got {list(weights)}")
+      self.class_weights = weights
     self.aux_loss_weight = float(config.train.get("aux_loss_weight", 0.3))
     if self.aux_loss_weight < 0:
       raise UserError(f"train.aux_loss_weight={self.aux_loss_weight} must be >= 0 (0.3: GoogLeNet's paper)")
@@ -69,7 +130,8 @@ class Classification(Task):
     logits = logits.astype(jnp.float32)
     if self.loss_name == "rbf_map":  # LeNet-5's own criterion (its eq. 9) for the RBF head's logits
       return rbf_map_loss(logits, hard_labels).mean()
-    return optax.softmax_cross_entropy(logits, labels).mean()
+    return weighted_mean(per_example_loss(self.loss_name, logits, labels, self.loss_options), labels,
+                         self.class_weights)
 
   def training_loss(self, outputs, labels, hard_labels):
     """(loss, logits for the train accuracy, extra metrics) of the model's training output."""
@@ -96,6 +158,14 @@ class Classification(Task):
       top5 = jnp.any(jax.lax.top_k(logits, 5)[1] == labels[:, None], axis=-1)
       sums["top5_accuracy"] = jnp.sum(top5 * mask)
     return sums
+
+
+def weighted_mean(values, labels, class_weights=None):
+  """Mean of per-example `values`; with class weights [K], sum_i w_i v_i / sum_i w_i, w_i = labels_i . weights."""
+  if class_weights is None:
+    return jnp.mean(values)
+  w = labels @ jnp.asarray(class_weights, jnp.float32)
+  return jnp.sum(w * values) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
 def mix_batch(rng, images, labels, train_cfg):

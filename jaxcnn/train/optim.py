@@ -55,11 +55,42 @@ def decay_mask(params):
   return jax.tree.map(lambda x: x.ndim > 1, params)
 
 
+def norm_penalty(params, l1: float, l2: float, mask=decay_mask) -> jax.Array:
+  """l1 * sum |w| + l2 * sum w^2 over the masked weights (Keras' L1L2 regulariser; both on: elastic net)."""
+  chosen = [w for w, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask(params) if mask else
+                                                                          jax.tree.map(lambda _: True, params))) if m]
+  return sum((l1 * jnp.sum(jnp.abs(w)) + l2 * jnp.sum(jnp.square(w)) for w in chosen), jnp.zeros((), jnp.float32))
+
+
+def add_norm_penalty(l1: float, l2: float, mask=decay_mask) -> optax.GradientTransformation:
+  """Adds the gradient of `norm_penalty` (l1 sign(w) + 2 l2 w on masked weights) to the loss's gradient.
+
+  This is the penalty added to the loss, placed first in the chain: it is clipped with the loss's gradient
+  and goes through the optimizer's preconditioning (Adam's moments). Decoupled weight decay (AdamW's
+  `optim.weight_decay`) instead shrinks the weights by lr * wd * w after the optimizer, untouched by the
+  moments; for plain SGD the two coincide (l2 = wd / 2). The logged train/loss is the data term alone.
+  """
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("add_norm_penalty needs the parameters")
+    grads = jax.grad(norm_penalty)(params, l1, l2, mask)
+    return jax.tree.map(lambda u, g: u + g.astype(u.dtype), updates, grads), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer named by `optim.name`, with clipping and masked weight decay."""
+  """The optimizer named by `optim.name`, with clipping, masked weight decay and norm penalties (optim.l1/l2)."""
   name, wd = optim_cfg.name, float(optim_cfg.weight_decay)
   if wd < 0:
     raise UserError(f"optim.weight_decay must be >= 0, got {wd}")
+  l1, l2 = float(optim_cfg.get("l1", 0.0)), float(optim_cfg.get("l2", 0.0))
+  if l1 < 0 or l2 < 0:
+    raise UserError(f"optim.l1 and optim.l2 must be >= 0, got {l1} and {l2}")
   mask = None if optim_cfg.decay_all else decay_mask
   if name in ("sgd", "nesterov"):
     # Coupled L2 as in the classic SGD recipes: decay enters the gradient before momentum.
@@ -83,6 +114,8 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
   clip = float(optim_cfg.grad_clip_norm)
   if clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  if l1 > 0 or l2 > 0:
+    tx = optax.chain(add_norm_penalty(l1, l2, mask), tx)
   return tx
 
 
