@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.cutmix_alpha = 0.0        # > 0: CutMix
   c.train.cutmix_prob = 0.5         # with both on: the share of mixed steps that use CutMix
   c.train.mix_prob = 1.0            # share of steps that are mixed at all
+  # Stop when an eval metric stops improving (jaxcnn/train/early_stopping.py); metric '' = off.
+  c.train.early_stopping = ml_collections.ConfigDict(
+      {"metric": "", "mode": "auto", "patience": 5, "min_delta": 0.0})
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"            # sgd | nesterov | adam | adamw | lamb

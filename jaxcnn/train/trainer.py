@@ -21,7 +21,7 @@ import numpy as np
 from jaxcnn import data as data_lib
 from jaxcnn.errors import UserError
 from jaxcnn.tasks import TrainState, get_task
-from jaxcnn.train import finetune, optim, sharding, writers
+from jaxcnn.train import early_stopping, finetune, optim, sharding, writers
 from jaxcnn.train import workdir as workdir_lib
 from jaxcnn.train.checkpoint import Checkpointer
 from jaxcnn.train.preemption import StopOnSignal
@@ -84,9 +84,14 @@ def _run(config, workdir, devices, t_start):
   abstract = jax.eval_shape(init_state, base_key)
   shardings = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
   meta = {**task.describe(), "fingerprint": fingerprint(config, task, abstract)}
+  stopper = early_stopping.EarlyStopping.from_config(config, task)  # None: off
+  if stopper:  # refused before training when the task's evals cannot log the metric
+    stopper.check_names(*_eval_metric_names(task, abstract, config))
+  best_metric, best_mode = (stopper.CHECKPOINT_KEY, "max") if stopper else (
+      task.best_metric if config.checkpoint.keep_best else ("", "max"))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
-                      keep=int(config.checkpoint.keep), best_metric=task.best_metric[0] if config.checkpoint.keep_best else "",
-                      best_mode=task.best_metric[1], use_async=bool(config.checkpoint.use_async))
+                      keep=int(config.checkpoint.keep), best_metric=best_metric,
+                      best_mode=best_mode, use_async=bool(config.checkpoint.use_async))
   abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   # Resuming is refused before anything is written when the checkpoint belongs to another configuration.
   try:
@@ -100,6 +105,8 @@ def _run(config, workdir, devices, t_start):
     state, data_state, start = restored
     train_iter.set_state(data_state)
     log.info("resumed from %s at step %d", ckpt.directory, start)
+    if stopper:
+      stopper.replay(os.path.join(workdir, "metrics.jsonl"), start)
   else:
     state, start = jax.jit(init_state, out_shardings=shardings)(base_key), 0
     if finetune_cfg and finetune_cfg.weights:
@@ -115,9 +122,10 @@ def _run(config, workdir, devices, t_start):
   last_eval, last_eval_step, pending = {}, -1, []
   watch, images_since = writers.Stopwatch(), 0
   failed = True
+  last_step = start
   try:
     with StopOnSignal() as stop:
-      for step in range(start + 1, steps + 1):
+      for step in range(start + 1, steps + 1 if not (stopper and stopper.stopped) else start + 1):
         state, metrics = runner.train_step(state, next(train_iter))
         pending.append(metrics)
         images_since += batch_size
@@ -127,7 +135,7 @@ def _run(config, workdir, devices, t_start):
           images_since = 0
         log_now = step % int(config.train.log_every) == 0 or step == steps
         eval_now = (int(config.eval.every) > 0 and step % int(config.eval.every) == 0) or step == steps
-        save_now = ckpt.should_save(step) or step == steps
+        save_now = ckpt.should_save(step) or step == steps or (stopper is not None and eval_now)
         if log_now or save_now:
           summary = _mean_metrics(sharding.to_host(pending))
           pending = []
@@ -141,11 +149,18 @@ def _run(config, workdir, devices, t_start):
           last_eval, last_eval_step = runner.evaluate(state, eval_batches()), step
           last_eval.update(task.on_eval(runner.variables_for_eval(state), step, workdir))
           writer.write(step, last_eval)
+        stop_early = stopper is not None and eval_now and stopper.update(step, last_eval)
         if save_now:
+          evaluated = last_eval if last_eval_step == step else None
           ckpt.save(step, runner.checkpointable(state), train_iter.get_state(), meta,
-                    metrics=last_eval if last_eval_step == step else None)
+                    metrics=stopper.checkpoint_metrics(step, evaluated) if stopper and evaluated else evaluated)
         else:
           ckpt.check()  # a failed asynchronous save stops the run now, not one interval later
+        last_step = step
+        if stop_early:
+          log.info("early stopping at step %d: no %s improvement in %d eval(s); best %.6g at step %d",
+                   step, stopper.metric, stopper.wait, stopper.best, stopper.best_step)
+          break
         if step < steps and stop.stop_now(step):
           if save_now:
             ckpt.wait()
@@ -155,16 +170,18 @@ def _run(config, workdir, devices, t_start):
         if eval_now or save_now:
           watch.lap()  # throughput counts training time only
       ckpt.wait()  # the final checkpoint is complete before the (possibly long) final eval and hooks
-      if last_eval_step != steps:  # resumed after the last step: evaluate what was restored
+      if last_eval_step != last_step:  # resumed after the last step: evaluate what was restored
         last_eval = runner.evaluate(state, eval_batches())
-        last_eval.update(task.on_eval(runner.variables_for_eval(state), steps, workdir))
+        last_eval.update(task.on_eval(runner.variables_for_eval(state), last_step, workdir))
       extra = task.finish(runner.variables_for_eval(state), workdir, lambda: runner.evaluate(state, eval_batches()))
     failed = False
   finally:
     ckpt.close(raise_errors=not failed)
     writer.close()
 
-  summary = {"step": steps, **last_eval, **extra, "headline_metric": task.best_metric[0], "param_count": n_params,
+  if stopper:
+    extra["early_stopping"] = stopper.report(ckpt.directory)
+  summary = {"step": last_step, **last_eval, **extra, "headline_metric": task.best_metric[0], "param_count": n_params,
              "model": config.model.name, "data": config.data.name,
              "devices": int(mesh.devices.size), "processes": nproc,
              "wall_time_s": round(time.time() - t_start, 2)}
@@ -214,6 +231,28 @@ def _state_initializer(task, tx, config):
                       opt_state=opt_state, ema_params=params if use_ema else {},
                       rng=jax.random.fold_in(key, 1))
   return init
+
+
+def _eval_metric_names(task, abstract_state, config):
+  """(names of the eval metrics the task logs, whether that list is complete), without running anything: the
+  eval step's outputs by shape (jax.eval_shape), through the task's `eval_metrics` on zeros. Host-side
+  evaluators and on_eval hooks add names only a real eval shows: then the list is not complete."""
+  from jaxcnn.tasks.base import Task
+  spec = data_lib.element_spec(config.data, int(config.eval.batch_size), jax.process_index(), jax.process_count())
+  batch = {**spec, "mask": jax.ShapeDtypeStruct(next(iter(spec.values())).shape[:1], jnp.float32)}
+  context_fn = getattr(task, "eval_context", lambda variables: None)
+
+  def eval_step(state, batch):
+    variables = task.eval_variables(state)
+    context = context_fn(variables)
+    return task.eval_step(variables, batch) if context is None else task.eval_step(variables, batch, context)
+  out = jax.eval_shape(eval_step, abstract_state, batch)
+  sums = {k: (0.0 if not v.shape else np.zeros(v.shape, v.dtype)) for k, v in out.items()
+          if not k.startswith(PER_EXAMPLE)}
+  names = set(task.eval_metrics(sums)) if sums else set()
+  complete = all(getattr(type(task), hook, None) is getattr(Task, hook)
+                 for hook in ("host_eval", "on_eval", "finish"))
+  return names, complete
 
 
 def _advance(task, tx):
