@@ -34,6 +34,7 @@ from jaxcnn.data.sources import (ArraySource, DatasetInfo, IndexedSource, TfdsSo
 from jaxcnn.data import embeddings as _embeddings  # noqa: F401,E402  (registers cub_stackgan)
 from jaxcnn.data import canvas as _canvas  # noqa: F401,E402  (registers digits_seg, digits_det)
 from jaxcnn.data import ocr as _ocr  # noqa: F401,E402  (registers digit_strings, mjsynth, iiit5k)
+from jaxcnn.data import ocr as _ocr  # noqa: F401,E402  (registers digit_strings, mjsynth, iiit5k)
 from jaxcnn.data import cityscapes as _cityscapes  # noqa: F401,E402  (registers cityscapes)
 from jaxcnn.data import pets as _pets  # noqa: F401,E402  (registers oxford_iiit_pet)
 from jaxcnn.data import voc as _voc  # noqa: F401,E402  (registers voc2012_seg)

@@ -13,6 +13,7 @@ _TASKS = {
     "stackganpp": "jaxcnn.tasks.stackgan_v2:StackGANpp",
     "segmentation": "jaxcnn.tasks.segmentation:Segmentation",
     "detection": "jaxcnn.tasks.detection:Detection",
+    "sequence": "jaxcnn.tasks.sequence:SequenceRecognition",
     "video": "jaxcnn.tasks.video:VideoClassification",
     "contrastive": "jaxcnn.tasks.contrastive:Contrastive",
     "sequence": "jaxcnn.tasks.sequence:SequenceRecognition",
