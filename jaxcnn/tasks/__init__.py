@@ -14,9 +14,6 @@ _TASKS = {
     "segmentation": "jaxcnn.tasks.segmentation:Segmentation",
     "detection": "jaxcnn.tasks.detection:Detection",
     "sequence": "jaxcnn.tasks.sequence:SequenceRecognition",
-    "video": "jaxcnn.tasks.video:VideoClassification",
-    "contrastive": "jaxcnn.tasks.contrastive:Contrastive",
-    "sequence": "jaxcnn.tasks.sequence:SequenceRecognition",
 }
 
 
