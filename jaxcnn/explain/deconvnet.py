@@ -54,22 +54,18 @@ def channel_maxima(model, variables, images, layer: str, batch: int = 64) -> np.
   return np.concatenate([np.asarray(fn(variables, images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
-def support_crops(projections: np.ndarray, images: np.ndarray, rel: float = 1e-3):
-  """The patches of `images` and `projections` [k, H, W, C] under the projections' support: one square of
-  the largest support's size (nonzero beyond rel * max), centred on each support's box, inside the image."""
+def support_crops(projections: np.ndarray, *images: np.ndarray, rel: float = 1e-3):
+  """Each of `images` ([k, H, W, C] arrays) cut to the projections' support: one square of the largest
+  support's size (|projection| beyond rel * its max), centred on each projection's support box."""
   boxes = []
   for p in np.abs(projections).max(axis=-1):
     ys, xs = np.nonzero(p > rel * max(p.max(), 1e-12))
     boxes.append((ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) if len(ys) else (0, p.shape[0], 0, p.shape[1]))
   h, w = projections.shape[1:3]
   size = min(max(max(b[1] - b[0], b[3] - b[2]) for b in boxes), h, w)
-  crops_img, crops_proj = [], []
-  for (y0, y1, x0, x1), img, proj in zip(boxes, images, projections):
-    top = int(np.clip((y0 + y1 - size) // 2, 0, h - size))
-    left = int(np.clip((x0 + x1 - size) // 2, 0, w - size))
-    crops_img.append(img[top:top + size, left:left + size])
-    crops_proj.append(proj[top:top + size, left:left + size])
-  return np.stack(crops_proj), np.stack(crops_img)
+  corners = [(int(np.clip((y0 + y1 - size) // 2, 0, h - size)), int(np.clip((x0 + x1 - size) // 2, 0, w - size)))
+             for y0, y1, x0, x1 in boxes]
+  return [np.stack([im[t:t + size, l:l + size] for im, (t, l) in zip(arr, corners)]) for arr in images]
 
 
 def top_activations(model, variables, images: np.ndarray, layer: str, channels, k: int = 9, batch: int = 64):

@@ -30,9 +30,10 @@ from jaxcnn.errors import UserError, unknown
 
 # Family defaults (model class -> layer), where "the last module with a spatial output" is not the
 # usual choice. ViT: pytorch-grad-cam's blocks[-1].norm1 (the final norm's patch tokens get no gradient
-# through a class-token head). VGG keeps ReLU as a function, so its last BN is the last module.
+# through a class-token head). UNet: the last decoder stage (not the 1x1 classifier).
 DEFAULT_LAYERS = {
     "ViT": lambda m: f"blocks_{m.depth - 1}/norm1",
+    "UNet": lambda m: "dec1",
 }
 
 
@@ -66,14 +67,22 @@ def _path(module) -> str:
   return "/".join(module.path) if module.scope is not None else ""
 
 
+def _array_of(out):
+  """A module's array output, or the first element of a tuple output ((x, x_t) blocks, ViT's (x, None))."""
+  if isinstance(out, tuple) and out and isinstance(out[0], jax.Array):
+    return out[0]
+  return out if isinstance(out, jax.Array) else None
+
+
 def _interceptor(layer: str, store: list, delta=None):
   def intercept(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if (context.method_name == "__call__" and not store and isinstance(out, jax.Array)
-        and _path(context.module) == layer):
-      store.append(out)
+    a = _array_of(out)
+    if context.method_name == "__call__" and not store and a is not None and _path(context.module) == layer:
+      store.append(a)
       if delta is not None:
-        out = out + delta.astype(out.dtype)
+        a = a + delta.astype(a.dtype)
+        out = (a, *out[1:]) if isinstance(out, tuple) else a
     return out
   return intercept
 
@@ -85,10 +94,10 @@ def layer_shapes(model: nn.Module, variables, x) -> dict:
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    path = _path(context.module)
-    if (context.method_name == "__call__" and path and isinstance(out, jax.Array) and out.ndim in (3, 4)
-        and out.shape[0] == x.shape[0]):
-      found.setdefault(path, tuple(out.shape))
+    path, a = _path(context.module), _array_of(out)
+    if (context.method_name == "__call__" and path and a is not None and a.ndim in (3, 4)
+        and a.shape[0] == x.shape[0]):
+      found.setdefault(path, tuple(a.shape))
       found[path] = found.pop(path)  # re-insert: order of (last) completion
     return out
 
@@ -101,11 +110,13 @@ def layer_shapes(model: nn.Module, variables, x) -> dict:
 
 
 def default_layer(model: nn.Module, shapes: dict) -> str:
-  """The family default: the table above, else the last module whose output is a spatial map."""
+  """The family default: the table above, else the last module whose output is a spatial map, within
+  the `backbone` submodule when there is one (segmentation and detection models: its last stage)."""
   rule = DEFAULT_LAYERS.get(type(model).__name__)
   if rule is not None and rule(model) in shapes:
     return rule(model)
   maps = [p for p, s in shapes.items() if len(s) == 4]
+  maps = [p for p in maps if p.startswith("backbone/")] or maps
   if not maps:
     raise UserError(f"model {type(model).__name__} has no layer with a spatial output; name one with --layer")
   return maps[-1]
