@@ -7,7 +7,7 @@ import optax
 
 from jaxcnn.errors import UserError, unknown
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lamb")
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lamb", "adadelta")
 SCHEDULES = ("cosine", "step", "constant", "linear", "poly")
 
 
@@ -106,6 +106,10 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
   elif name == "lamb":
     tx = optax.lamb(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                     weight_decay=wd, mask=mask)
+  elif name == "adadelta":
+    # Zeiler 2012 (CRNN's optimizer, rho 0.9): optim.lr scales the step (1.0 = the paper's), optim.rho.
+    tx = optax.chain(optax.add_decayed_weights(wd, mask),
+                     optax.adadelta(schedule, rho=float(optim_cfg.get("rho", 0.9)), eps=optim_cfg.eps))
   else:
     raise unknown("optimizer (optim.name)", name, OPTIMIZERS)
   rules = parse_lr_multipliers(optim_cfg.get("lr_multipliers", ()))
