@@ -2,7 +2,7 @@
 
     python -m jaxcnn.bench --model=resnet18_cifar --batch=128 --image-size=32 [--dtype=bfloat16]
         [--steps=10] [--warmup=2] [--num-classes=10] [--channels=3] [--optim=sgd]
-        [--task=auto|classification|segmentation|detection] [--option.KEY=VALUE ...]
+        [--task=auto|classification|segmentation|detection|contrastive] [--option.KEY=VALUE ...]
 
 The step is the trainer's own (the task's `train_step`: forward, loss, backward,
 optimizer update, donated state), jitted on one device, on one synthetic batch:
@@ -12,8 +12,13 @@ optimizer update, donated state), jitted on one device, on one synthetic batch:
                   logits resized to the labels, the aux loss if the model has one);
   detection       `image`, `boxes` [B, 8, 4] (random boxes of 1/16 to 1/2 of the image
                   side, the last two slots of every other image padding), `boxes_valid`
-                  and `box_classes` (the detector's own loss, `jaxcnn/tasks/detection.py`).
-`--task=auto` (the default) picks detection for detectors (models with
+                  and `box_classes` (the detector's own loss, `jaxcnn/tasks/detection.py`);
+  contrastive     `image` and `captions` int32 [B, 1, L] (random token rows of random length
+                  between the start and end tokens, L the model's context_length), the
+                  CLIP loss of `jaxcnn/tasks/contrastive.py` (--option.KEY=VALUE are model
+                  options; --image-size must be the model's image_size).
+`--task=auto` (the default) picks contrastive for image-text models (with
+`encode_text`), detection for detectors (models with
 `detection_loss` and `postprocess`), segmentation for models whose output is a
 dict with 'out' (the segmentation contract of `jaxcnn/models/fcn.py`), else
 classification. FLOPs come from XLA's cost analysis of the compiled step. A tool,
@@ -41,7 +46,7 @@ def _config(args, options):
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict({"name": args.model, **options})
   c.train = ml_collections.ConfigDict({"compute_dtype": args.dtype, "label_smoothing": 0.0,
-                                       "grad_accum_steps": 1, "ema_decay": 0.0})
+                                       "grad_accum_steps": 1, "ema_decay": 0.0, "batch_size": args.batch})
   return c
 
 
@@ -58,14 +63,14 @@ def _parse_options(extra):
   return options
 
 
-TASKS = ("auto", "classification", "segmentation", "detection")
+TASKS = ("auto", "classification", "segmentation", "detection", "contrastive")
 BENCH_BOXES = 8
 IGNORE_LABEL = 255
 
 
 def infer_task(model_name: str, options: dict, num_classes: int, image_size: int, channels: int) -> str:
-  """'detection' for detectors; 'segmentation' if the model returns {'out': ...} (abstractly evaluated, no
-  compute); else 'classification'."""
+  """'contrastive' for image-text models; 'detection' for detectors; 'segmentation' if the model returns
+  {'out': ...} (abstractly evaluated, no compute); else 'classification'."""
   from jaxcnn.registry import create_model, model_options
   from jaxcnn.tasks.detection import is_detector
   accepted = model_options(model_name)
@@ -73,6 +78,8 @@ def infer_task(model_name: str, options: dict, num_classes: int, image_size: int
   if accepted is None or "num_classes" in accepted:
     kwargs.setdefault("num_classes", num_classes)
   model = create_model(model_name, **kwargs)
+  if hasattr(model, "encode_text"):
+    return "contrastive"
   if is_detector(model):
     return "detection"
   x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
@@ -81,10 +88,17 @@ def infer_task(model_name: str, options: dict, num_classes: int, image_size: int
   return "segmentation" if isinstance(out, dict) and "out" in out else "classification"
 
 
-def synthetic_batch(task: str, batch: int, image_size: int, channels: int, num_classes: int) -> dict:
+def synthetic_batch(task: str, batch: int, image_size: int, channels: int, num_classes: int,
+                    context_length: int = 77) -> dict:
   """One batch of the fields `task` trains on, drawn from a fixed seed."""
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(batch, image_size, image_size, channels)), jnp.float32)
+  if task == "contrastive":
+    from jaxcnn.data.tokenizer import EOT_ID, SOT_ID
+    captions = np.zeros((batch, 1, context_length), np.int32)
+    for row, length in zip(captions[:, 0], rng.integers(3, context_length + 1, size=batch)):
+      row[:length] = [SOT_ID, *rng.integers(1, SOT_ID, size=length - 2), EOT_ID]
+    return {"image": images, "captions": jnp.asarray(captions)}
   if task == "classification":
     return {"image": images, "label": jnp.asarray(rng.integers(0, num_classes, size=(batch,)), jnp.int32)}
   if task == "detection":
@@ -120,13 +134,19 @@ def setup(args, options):
     ignore_label = IGNORE_LABEL
     class_names = ()
 
-    field_kinds = {"image": "image", "boxes": "boxes"} if task_name == "detection" else {}
+    field_kinds = ({"image": "image", "boxes": "boxes"} if task_name == "detection" else
+                   {"image": "image", "captions": "text"} if task_name == "contrastive" else {})
 
   config = _config(args, options)
   config.task = task_name
+  context_length = 77
+  if task_name == "contrastive":
+    from jaxcnn.registry import create_model
+    context_length = create_model(args.model, **options).context_length
+    config.data = ml_collections.ConfigDict({"context_length": context_length})
   task = get_task(config, Info)
   tx = {"sgd": optax.sgd(0.01, momentum=0.9), "adamw": optax.adamw(1e-3)}[args.optim]
-  batch = synthetic_batch(task_name, args.batch, args.image_size, args.channels, args.num_classes)
+  batch = synthetic_batch(task_name, args.batch, args.image_size, args.channels, args.num_classes, context_length)
   variables = dict(task.init(jax.random.PRNGKey(0), batch))
   params = variables.pop("params")
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,

@@ -71,3 +71,17 @@ def test_detector_times_the_detection_step(capsys):
   assert (boxes[..., 2:] > boxes[..., :2]).all() and boxes.min() >= 0 and boxes.max() <= 64
   assert valid[1].all() and not valid[0, -2:].any()
   assert np.asarray(batch["box_classes"]).max() < 3
+
+
+def test_image_text_model_gets_the_contrastive_step():
+  # clip_tiny has encode_text: the contrastive task is inferred; captions are token rows ending in the end token.
+  args, extra = bench.parse(["--model=clip_tiny", "--batch=4", "--image-size=32"])
+  name, task, _, state, batch = bench.setup(args, bench._parse_options(extra))
+  assert name == "contrastive" and sorted(batch) == ["captions", "image"]
+  captions = np.asarray(batch["captions"])
+  assert captions.shape == (4, 1, 32) and captions.dtype == np.int32
+  lengths = (captions[:, 0] != 0).sum(-1)
+  rows = captions[:, 0]
+  assert (rows[:, 0] == 49406).all() and (rows[np.arange(4), lengths - 1] == 49407).all()
+  assert (rows.argmax(-1) == lengths - 1).all()  # the text tower pools at the end token
+  assert "logit_scale" in state.params
