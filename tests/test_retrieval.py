@@ -216,7 +216,7 @@ def test_reindex_reuses_unchanged_files_and_refuses_another_model(index_dir, med
 @pytest.fixture
 def fake_model(monkeypatch, encoder):
   monkeypatch.setattr(encoder_lib, "load", lambda *a, **k: encoder)
-  monkeypatch.setattr(encoder_lib, "from_identity", lambda identity: encoder)
+  monkeypatch.setattr(encoder_lib, "from_identity", lambda identity, path: encoder)
 
 
 def test_cli_index_and_query(media, tmp_path, fake_model, capsys):
@@ -328,6 +328,13 @@ def test_cli_with_clip_tiny_weights(media, tmp_path, clip_tiny_weights, capsys):
   line = _one_error_line(capsys, cli.main(args + [f"--weights={second}"]))  # re-index with other weights
   assert "index built with clip_tiny" in line
   assert store.read(idx).meta["model"]["source"] == first  # the index is as it was
+
+  meta_path = os.path.join(idx, store.META)
+  meta = json.load(open(meta_path))
+  meta["model"]["source"] = str(tmp_path / "moved")
+  json.dump(meta, open(meta_path, "w"))
+  line = _one_error_line(capsys, cli.main(["query", f"--index={idx}", "seven"]))
+  assert f"built with clip_tiny from {tmp_path / 'moved'}, which is no longer there" in line
 
   line = _one_error_line(capsys, cli.main(["index", media, f"--index={tmp_path / 'rn'}", "--model=clip_tiny_rn",
                                            f"--weights={first}", "--no-progress"]))

@@ -77,7 +77,7 @@ def query_command(args) -> None:
   if args.workdir or args.model or args.weights:
     encoder = encoder_lib.load(args.workdir, args.model, args.weights)
   else:
-    encoder = encoder_lib.from_identity(index.meta["model"])
+    encoder = encoder_lib.from_identity(index.meta["model"], args.index)
   store.check_model(index.meta, encoder.identity, args.index)
   scores, ids = search.top_k(index.embeddings, encoder.embed_texts(args.texts), args.k, args.search)
   rows = []

@@ -57,7 +57,11 @@ class Encoder:
     return np.asarray(_encode_text(self.model)(self.variables, tokens))
 
   def image_embedder(self, batch_size: int) -> "ImageEmbedder":
-    return ImageEmbedder(self, batch_size)
+    """The jitted image embedder for this batch size (made once: one compilation per encoder and size)."""
+    cache = self.__dict__.setdefault("_embedders", {})
+    if batch_size not in cache:
+      cache[batch_size] = ImageEmbedder(self, batch_size)
+    return cache[batch_size]
 
   def describe(self) -> str:
     return describe(self.identity)
@@ -189,8 +193,11 @@ def load(workdir: str = "", model: str = "", weights: str = "") -> Encoder:
                   "(e.g. --model=clip_vit_b32 --weights=ViT-B-32-quickgelu.safetensors)")
 
 
-def from_identity(identity: dict) -> Encoder:
+def from_identity(identity: dict, index_path: str) -> Encoder:
   """The encoder an index was built with, loaded again from where the index says it came from."""
+  if not os.path.exists(identity["source"]):
+    raise UserError(f"{index_path}: built with {identity['model']} from {identity['source']}, which is no longer "
+                    f"there; give the same model with --workdir or --model and --weights")
   if identity["kind"] == "workdir":
     return from_workdir(identity["source"])
   return from_weights(identity["model"], identity["source"])

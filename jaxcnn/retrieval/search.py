@@ -1,8 +1,10 @@
 """Top-k search over an index (exact inner product with numpy, or FAISS) and the contact sheet.
 
-Both methods are exact (FAISS's IndexFlatIP is a brute-force inner product with its own SIMD/BLAS
-kernels), so they return the same frames; `auto` takes FAISS from FAISS_MIN_ROWS stored rows on,
-where it is faster (benchmarks/retrieval_bench.py), and numpy below or when faiss is not installed.
+Both methods are exact, so they return the same frames: numpy computes every score with one matrix
+product and takes the top k with argpartition; FAISS's `knn` (brute-force inner product, its own SIMD
+kernels, over the memory-mapped embeddings without copying them into an index) keeps only the best k
+per query as it goes. `auto` takes FAISS from FAISS_MIN_ROWS stored rows on (benchmarks/README.md,
+"Retrieval tool": it needs less CPU there) and numpy below or when faiss is not installed.
 """
 import os
 from typing import List, Sequence, Tuple
@@ -48,9 +50,8 @@ def faiss_top_k(embeddings, queries, k):
   faiss = _faiss()
   if faiss is None:
     raise UserError("--search=faiss needs FAISS: pip install 'jaxcnn[retrieval]' (faiss-cpu)")
-  index = faiss.IndexFlatIP(embeddings.shape[1])
-  index.add(np.ascontiguousarray(embeddings, np.float32))
-  scores, ids = index.search(queries, k)
+  scores, ids = faiss.knn(queries, np.ascontiguousarray(embeddings, np.float32), k,
+                          metric=faiss.METRIC_INNER_PRODUCT)
   return scores, ids.astype(np.int64)
 
 
