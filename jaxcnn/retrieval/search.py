@@ -50,8 +50,14 @@ def faiss_top_k(embeddings, queries, k):
   faiss = _faiss()
   if faiss is None:
     raise UserError("--search=faiss needs FAISS: pip install 'jaxcnn[retrieval]' (faiss-cpu)")
-  scores, ids = faiss.knn(queries, np.ascontiguousarray(embeddings, np.float32), k,
-                          metric=faiss.METRIC_INNER_PRODUCT)
+  threads = faiss.omp_get_max_threads()
+  # Under 20 queries FAISS scans the rows with one thread per query: spare OpenMP threads would only spin.
+  faiss.omp_set_num_threads(max(1, min(threads, len(queries))))
+  try:
+    scores, ids = faiss.knn(queries, np.ascontiguousarray(embeddings, np.float32), k,
+                            metric=faiss.METRIC_INNER_PRODUCT)
+  finally:
+    faiss.omp_set_num_threads(threads)
   return scores, ids.astype(np.int64)
 
 
