@@ -61,7 +61,7 @@ def _fit(name: str, variables: dict, image_size: Optional[int], model_kwargs: di
 
   params = variables["params"]
   patch = params["patch_embed"]["kernel"].shape[0]
-  prefix = 1 if "cls_token" in params else 0
+  prefix = ("cls_token" in params) + ("dist_token" in params)
   grid = int(round((params["pos_embed"].shape[1] - prefix) ** 0.5))
   if image_size is None:
     image_size = grid * patch
@@ -73,6 +73,8 @@ def _fit(name: str, variables: dict, image_size: Optional[int], model_kwargs: di
   model_kwargs = {"num_classes": int(params["head"]["bias"].shape[0]), **model_kwargs}
   if prefix == 0:
     model_kwargs.setdefault("pool", "gap")
+  if "dist_token" in params:
+    model_kwargs.setdefault("distilled", True)
   model = create_model(name, **model_kwargs)
   expected = abstract_variables(model, (1, image_size, image_size, 3))
   got, want = _shapes(variables), _shapes(dict(expected))
@@ -113,6 +115,8 @@ def convert_timm_vit(state_dict: Dict[str, np.ndarray], name: str = "vit",
             "pos_embed": take("pos_embed")}
   if "cls_token" in sd:
     params["cls_token"] = take("cls_token")
+  if "dist_token" in sd:  # DeiT's distilled ViTs
+    params["dist_token"] = take("dist_token")
   depth = 0
   while f"blocks.{depth}.norm1.weight" in sd:
     b = f"blocks.{depth}"
@@ -123,6 +127,8 @@ def convert_timm_vit(state_dict: Dict[str, np.ndarray], name: str = "vit",
     depth += 1
   params["norm"] = norm("norm")
   params["head"] = dense("head")
+  if "head_dist.weight" in sd:
+    params["head_dist"] = dense("head_dist")
   unused = sorted(set(sd) - used)
   if unused:
     raise UserError(f"the state dict does not fit '{name}': unexpected {unused[:3]} "
@@ -227,6 +233,7 @@ def load_big_vision_npz(path: str, name: str = "vit", image_size: Optional[int] 
 
 
 @register_converter("vit")
+@register_converter("deit")
 def convert_vit(name: str, state_dict: dict) -> dict:
   """The registry entry: a timm state dict for the registered ViT `name` at the checkpoint's resolution."""
   return convert_timm_vit(state_dict, name)

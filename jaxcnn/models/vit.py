@@ -17,6 +17,12 @@ The `*_patch16_224` / `*_patch32_224` variants have timm's (and torchvision's)
 exact parameter counts at 224x224 with 1000 classes, e.g. vit_base_patch16_224
 86,567,656.
 
+DeiT's distilled ViTs (Touvron et al. 2021; `distilled=True`, the `deit_*_distilled_patch16_224` variants with
+timm's parameter counts, e.g. deit_tiny_distilled 5,910,800): a second, distillation token after the class
+token (timm's `dist_token`, position-embedded with it) read out by its own head (`head_dist`). The model
+returns the two heads' mean, as timm's `VisionTransformerDistilled` at eval; `heads=True` returns the pair
+(class logits, distillation logits) for the `distill` task's loss.
+
 Logits come out in the compute `dtype` (bfloat16 under bfloat16 compute); the
 classification task casts them to float32 for the loss.
 """
@@ -117,6 +123,7 @@ class ViT(nn.Module):
   attention_dropout: float = 0.0
   drop_path_rate: float = 0.0  # of the last block; rises linearly from 0 at the first (timm)
   pool: str = "cls"  # 'cls': class token; 'gap': mean over patch tokens, no class token
+  distilled: bool = False  # DeiT: a distillation token and head after the class token (pool='cls')
   scan_layers: bool = False  # one nn.scan over the blocks: compile time flat in depth
   remat: bool = False  # recompute each block's activations in the backward pass
   dtype: Any = jnp.float32
@@ -130,6 +137,8 @@ class ViT(nn.Module):
   def _check_options(self, image_shape):
     if self.pool not in ("cls", "gap"):
       raise UserError(f"ViT pool must be 'cls' or 'gap', got {self.pool!r}")
+    if self.distilled and self.pool != "cls":
+      raise UserError("a distilled ViT (DeiT) needs pool='cls'")
     if self.width % self.num_heads:
       raise UserError(f"ViT width {self.width} must be divisible by num_heads {self.num_heads}")
     if not 0 <= self.drop_path_rate < 1:
@@ -174,7 +183,7 @@ class ViT(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, heads: bool = False):
     self._check_options(x.shape)
     x = jnp.asarray(x, self.dtype)
     p = self.patch_size
@@ -184,15 +193,23 @@ class ViT(nn.Module):
     x = x.reshape(batch, height * width, channels)
     if self.pool == "cls":
       cls = self.param("cls_token", nn.initializers.zeros, (1, 1, channels), self.param_dtype)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, channels)), x], axis=1)
+      tokens = [cls]
+      if self.distilled:
+        tokens.append(self.param("dist_token", nn.initializers.truncated_normal(0.02), (1, 1, channels),
+                                 self.param_dtype))
+      x = jnp.concatenate([jnp.broadcast_to(t.astype(self.dtype), (batch, 1, channels)) for t in tokens] + [x],
+                          axis=1)
     x = x + self._position_embedding(x.shape[1]).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
 
     x = self._encode(x, train)
     x = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
-    x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="head")(x)
+    head = lambda name: nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name=name)
+    if self.distilled:
+      logits, dist_logits = head("head")(x[:, 0]), head("head_dist")(x[:, 1])
+      return (logits, dist_logits) if heads else (logits + dist_logits) / 2
+    return head("head")(x[:, 0] if self.pool == "cls" else x.mean(axis=1))
 
 
 def scan_params(params, depth: Optional[int] = None):
@@ -270,7 +287,7 @@ def adapt_pretrained(variables: dict, target: dict) -> dict:
   if "pos_embed" in fresh and "pos_embed" in params:
     old, new = np.shape(params["pos_embed"]), tuple(fresh["pos_embed"].shape)
     if old != new and old[2] == new[2]:
-      prefix = 1 if "cls_token" in fresh else 0
+      prefix = ("cls_token" in fresh) + ("dist_token" in fresh)
       grid = int(round((new[1] - prefix) ** 0.5))
       params["pos_embed"] = np.asarray(resample_posemb(params["pos_embed"], grid, num_prefix_tokens=prefix,
                                                        method="bicubic"))
@@ -295,3 +312,9 @@ for _size, _dims in _IMAGENET_SIZES.items():
   for _patch in (16, 32):
     if (_size, _patch) != ("tiny", 32):  # timm has no ViT-Ti/32
       register_model(f"vit_{_size}_patch{_patch}_224", patch_size=_patch, num_classes=1000, **_dims)(ViT)
+# DeiT's distilled variants (timm's deit_*_distilled_patch16_224; DeiT-Ti/S/B are ViT-Ti/S/B).
+for _size in ("tiny", "small", "base"):
+  register_model(f"deit_{_size}_distilled_patch16_224", patch_size=16, num_classes=1000, distilled=True,
+                 **_IMAGENET_SIZES[_size])(ViT)
+# CIFAR-sized DeiT-Ti with a distillation token (4x4 patches: 64 patches + 2 tokens).
+register_model("deit_tiny_distilled_patch4_32", patch_size=4, distilled=True, **_IMAGENET_SIZES["tiny"])(ViT)
