@@ -81,7 +81,10 @@ def load_torch_state_dict(path: str) -> dict:
       raise UserError(f"weights file {path}: refused, it is a pickle of objects other than tensors and loading "
                       "it could execute code; expected a .safetensors file or a plain state dict "
                       "(torch.save(model.state_dict(), path))") from None
-    if head.startswith(b"PK"):
+    if "TorchScript" in str(e):  # e.g. OpenAI's original CLIP .pt files: a program, not a state dict
+      cause = ("a TorchScript archive (a program, not a state dict; loading it would run its code): use a "
+               "state dict of the same weights, e.g. open_clip's .safetensors / .bin")
+    elif head.startswith(b"PK"):
       cause = f"a damaged or truncated torch zip archive ({str(e).split('. ')[0].splitlines()[0]})"
     elif head.startswith(b"\x80"):
       cause = f"a damaged legacy torch file ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"

@@ -168,3 +168,26 @@ def test_clip_vit_b32_open_clip_parity():
 @pytest.mark.slow
 def test_clip_rn50_open_clip_parity():
   _full_size("clip_rn50", "RN50-quickgelu")
+
+
+def test_weights_files_load_for_fine_tuning(tmp_path):
+  """A saved open_clip state dict of clip_tiny's shape loads through finetune.weights; TorchScript is refused."""
+  import torch
+  from jaxcnn.models.clip import VARIANTS
+  from jaxcnn.train.finetune import load_pretrained
+  v = VARIANTS["clip_tiny"]
+  torch_model = _open_clip(dict(image_size=v["image_size"], layers=v["vision_layers"], width=v["vision_width"],
+                                patch_size=v["vision_patch_size"], head_width=v["vision_head_width"]),
+                           dict(context_length=v["context_length"], width=v["text_width"], heads=v["text_heads"],
+                                layers=v["text_layers"]), embed_dim=v["embed_dim"])
+  path = tmp_path / "open_clip_tiny.pt"
+  torch.save(torch_model.state_dict(), path)
+  variables = load_pretrained(str(path), "clip_tiny")
+  np.testing.assert_array_equal(variables["params"]["text"]["text_projection"],
+                                torch_model.text_projection.detach().numpy())
+  np.testing.assert_array_equal(variables["params"]["visual"]["conv1"]["kernel"],
+                                torch_model.visual.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
+  scripted = tmp_path / "ViT-B-32.pt"  # OpenAI's original files are TorchScript archives
+  torch.jit.save(torch.jit.script(torch.nn.Linear(2, 3)), str(scripted))
+  with pytest.raises(UserError, match=r"ViT-B-32.pt: a TorchScript archive .*state dict"):
+    load_pretrained(str(scripted), "clip_tiny")
