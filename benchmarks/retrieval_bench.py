@@ -84,8 +84,8 @@ def random_encoder(name: str):
   from jaxcnn.retrieval import encoder as encoder_lib
   model = create_model(name)
   s = model.image_size
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, s, s, 3)), jnp.zeros((1, model.context_length), jnp.int32)))(
-      jax.random.PRNGKey(0))
+  tokens = jnp.zeros((1, model.context_length), jnp.int32)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, s, s, 3)), tokens))(jax.random.PRNGKey(0))
   identity = {"source": "random", "kind": "weights", "model": name, "params_sha256": "0" * 64}
   return encoder_lib.Encoder(model, variables, identity, (s, s), np.asarray(OPENAI_CLIP_MEAN, np.float32),
                              np.asarray(OPENAI_CLIP_STD, np.float32), 3, model.context_length)

@@ -109,6 +109,9 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # the index is written only at the end, atomically: nothing half-done is left
+    print("interrupted; no index was changed", file=sys.stderr)
+    return 130
   return 0
 
 
