@@ -112,26 +112,26 @@ def smoothgrad(model, variables, x, target, samples: int = 25, noise: float = 0.
   return jnp.mean(jax.lax.map(one, jax.random.split(jax.random.key(seed), samples)), axis=0)
 
 
-def ig_alphas(steps: int, method: str = "gausslegendre"):
+def ig_alphas(steps: int, integration: str = "gausslegendre"):
   """(alphas, weights) of the path integral over [0, 1], captum's methods and scaling."""
   if steps < 1:
     raise UserError(f"integrated gradients: steps must be >= 1, got {steps}")
-  if method == "gausslegendre":
+  if integration == "gausslegendre":
     nodes, weights = np.polynomial.legendre.leggauss(steps)
     return 0.5 * (nodes + 1), 0.5 * weights
-  if method == "riemann_trapezoid":
+  if integration == "riemann_trapezoid":
     if steps < 2:
       raise UserError("integrated gradients: riemann_trapezoid needs steps >= 2")
     alphas = np.linspace(0, 1, steps)
     return alphas, np.r_[0.5, np.ones(steps - 2), 0.5] / (steps - 1)
   offsets = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
-  if method not in offsets:
-    raise unknown("integration method", method, [*offsets, "riemann_trapezoid", "gausslegendre"])
-  return (np.arange(steps) + offsets[method]) / steps, np.full(steps, 1.0 / steps)
+  if integration not in offsets:
+    raise unknown("integration method", integration, [*offsets, "riemann_trapezoid", "gausslegendre"])
+  return (np.arange(steps) + offsets[integration]) / steps, np.full(steps, 1.0 / steps)
 
 
 def integrated_gradients(model, variables, x, target, baseline=None, steps: int = 50,
-                         method: str = "gausslegendre", forward=None):
+                         integration: str = "gausslegendre", forward=None):
   """(attributions [B, H, W, C], completeness gap [B]) of Sundararajan et al. 2017.
 
   attributions = (x - baseline) * sum_i w_i grad(baseline + a_i (x - baseline)); the gap is
@@ -139,7 +139,7 @@ def integrated_gradients(model, variables, x, target, baseline=None, steps: int 
   Defaults (zero baseline, 50 Gauss-Legendre steps) are captum's.
   """
   baseline = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(baseline, x.shape)
-  alphas, weights = ig_alphas(steps, method)
+  alphas, weights = ig_alphas(steps, integration)
   grad = jax.grad(_score_fn(model, variables, target, forward))
 
   def step(carry, aw):
