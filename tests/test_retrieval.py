@@ -270,6 +270,14 @@ def test_cli_bad_inputs(media, tmp_path, fake_model, capsys):
   line = _one_error_line(capsys, cli.main(["index", str(novideo), f"--index={tmp_path / 'i'}", "--model=x",
                                            "--weights=y", "--no-progress"]))
   assert "sound.mp4: has no video stream" in line
+  (novideo / "sound.mp4").unlink()
+  write_digits_video(novideo / "whole.mkv", seconds=1)
+  data = (novideo / "whole.mkv").read_bytes()
+  (novideo / "whole.mkv").unlink()
+  (novideo / "header_only.mkv").write_bytes(data[:data.index(b"\x1f\x43\xb6\x75") + 8])  # 1st Cluster cut short
+  line = _one_error_line(capsys, cli.main(["index", str(novideo), f"--index={tmp_path / 'i'}", "--model=x",
+                                           "--weights=y", "--no-progress"]))
+  assert "header_only.mkv: no video frame could be decoded (expected a video with at least one frame)" in line
 
   line = _one_error_line(capsys, cli.main(["query", f"--index={media}", "seven"]))
   assert "not a retrieval index" in line
@@ -282,6 +290,17 @@ def test_cli_bad_inputs(media, tmp_path, fake_model, capsys):
   assert cli.main(["index", str(bad), f"--index={tmp_path / 'i'}", "--model=x", "--weights=y", "--no-progress",
                    "--skip-bad"]) == 0
   assert [r["file"] for r in store.read(str(tmp_path / "i")).records] == ["three.png"]
+
+
+def test_module_entry_point_exits_2_with_one_line(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, "-m", "jaxcnn.retrieval", "index", str(tmp_path), f"--index={tmp_path / 'i'}",
+                        "--model=clip_tiny", "--weights=w"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+      f"error: {tmp_path}: holds no images or videos (expected files ending in "
+      f"{', '.join(frames.IMAGE_EXTENSIONS + frames.VIDEO_EXTENSIONS)})"], run.stderr
 
 
 # --- registered CLIP models through the real loading path -----------------------------------------------
@@ -340,3 +359,23 @@ def test_cli_with_clip_tiny_weights(media, tmp_path, clip_tiny_weights, capsys):
                                            f"--weights={first}", "--no-progress"]))
   assert f"{first}: weights of another architecture, not clip_tiny_rn" in line
   assert not os.path.exists(tmp_path / "rn")
+
+
+# --- a trained model (slow: trains clip_digits, about 5 CPU-minutes) ------------------------------------
+
+
+@pytest.mark.slow
+def test_trained_clip_digits_run_finds_each_digit_in_the_video(media, tmp_path, capsys):
+  """clip_digits trained from scratch, then `index --workdir=RUN` and one text query per digit."""
+  from experiments.configs import get_experiment
+  from jaxcnn.train import train_and_evaluate
+  config, _ = get_experiment("clip_digits")
+  summary = train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["eval/zeroshot_accuracy"] >= 0.8
+  idx = str(tmp_path / "idx")
+  assert cli.main(["index", media, f"--index={idx}", f"--workdir={tmp_path / 'run'}", "--no-progress"]) == 0
+  queries = [f"a drawing of the digit {word}" for word in WORDS]  # phrasing the training captions never use
+  assert cli.main(["query", f"--index={idx}", *queries, "-k", "1", "--json", "--sheet="]) == 0
+  tops = [json.loads(line)["hits"][0] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+  right = [d for d, h in enumerate(tops) if (h["file"] == "three.png" and d == 3) or d <= h["time"] < d + 1]
+  assert len(right) >= 8, tops  # the run's zero-shot accuracy is about 0.9: allow two misses
