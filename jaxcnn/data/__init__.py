@@ -18,6 +18,9 @@ Detection: `digits_det` (embedded), tfds `voc2007_det`, `voc2012_det`, `voc0712_
 `voc_det`) and `coco2017_det` (`coco`, with COCO's 80 <-> 91 label maps); their batches carry 'boxes',
 'boxes_valid', 'box_classes' and the dataset's flags padded to data.max_boxes (see `detection`, pipeline).
 
+Video: `moving_digits` (embedded), tfds `ucf101` and the user's folders (`video.register_video_folder`); their
+batches carry 'image' float32 [b, T, H, W, C] clips (T = data.frames; see pipeline).
+
 Image-text: `digits_captions` (embedded), the user's pairs `image_text_csv` / `_jsonl` / `_folder` and tfds
 `coco_captions` (`captions`); their batches carry 'captions' int32 [b, K, L] CLIP token ids (see pipeline).
 
@@ -37,6 +40,7 @@ from jaxcnn.data import voc as _voc  # noqa: F401,E402  (registers voc2012_seg)
 from jaxcnn.data import voc_det as _voc_det  # noqa: F401,E402  (registers voc2007_det, voc2012_det, voc0712_det)
 from jaxcnn.data import coco as _coco  # noqa: F401,E402  (registers coco2017_det)
 from jaxcnn.data import captions as _captions  # noqa: F401,E402  (registers digits_captions, image_text_*, coco_captions)
+from jaxcnn.data import video as _video  # noqa: F401,E402  (registers moving_digits, ucf101; register_video_folder)
 
 __all__ = [
     "ArraySource", "DataSpec", "DatasetInfo", "EvalBatches", "IndexedSource", "TfdsSource", "channel_stats",

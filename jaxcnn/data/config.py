@@ -9,7 +9,7 @@ import numpy as np
 from jaxcnn.data import autoaugment, sources, transforms
 from jaxcnn.errors import UserError
 
-NORMALIZATIONS = ("standard", "unit", "symmetric")
+NORMALIZATIONS = ("standard", "unit", "symmetric", "clip")
 RESIZES = ("fit", "stretch")
 
 
@@ -54,8 +54,10 @@ def default_data_config() -> ml_collections.ConfigDict:
                                  # an example with more boxes is an error
       "context_length": 77,      # datasets with captions: token ids per caption (CLIP's 77; = the text model's)
       "max_captions": 0,         # datasets with captions: caption slots per image (0: the dataset's default)
+      "frames": 0,               # video datasets: frames per clip, sampled uniformly (0: the dataset's default)
       "repeated_aug": 1,         # each drawn image appears this many times per global batch, augmented apart
       "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
+                                 # | clip: OpenAI CLIP's mean/std (what converted CLIP weights expect)
       "data_dir": "",            # tfds: '' = default ($TFDS_DATA_DIR or ~/tensorflow_datasets); registered
                                  # datasets (cub_stackgan): the folder holding their files
       "download": False,         # prepare a missing tfds dataset (needs its download host)
@@ -90,6 +92,7 @@ class DataSpec:
   max_boxes: int = 0       # resolved box slots per example (0 for datasets without boxes)
   context_length: int = 77  # token ids per caption ('text' fields)
   max_captions: int = 0    # resolved caption slots per example (0 for datasets without captions)
+  frames: int = 0          # resolved frames per clip (0: an image dataset)
 
   @property
   def name(self) -> str:
@@ -102,8 +105,9 @@ class DataSpec:
     return h if h == w else (h, w)
 
   @property
-  def image_shape(self) -> Tuple[int, int, int]:
-    return (*self.image_hw, self.channels)
+  def image_shape(self) -> Tuple[int, ...]:
+    """(H, W, C) of an image, (T, H, W, C) of a clip."""
+    return ((self.frames,) if self.frames else ()) + (*self.image_hw, self.channels)
 
   @property
   def spatial(self) -> bool:
@@ -120,6 +124,11 @@ class DataSpec:
       return np.zeros(self.channels, np.float32), np.ones(self.channels, np.float32)
     if self.normalize == "symmetric":
       return np.full(self.channels, 0.5, np.float32), np.full(self.channels, 0.5, np.float32)
+    if self.normalize == "clip":
+      from jaxcnn.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # pylint: disable=g-import-not-at-top
+      if self.channels != 3:
+        raise UserError(f"data.normalize='clip' is for RGB images: set data.channels=3 (got {self.channels})")
+      return np.asarray(OPENAI_CLIP_MEAN, np.float32), np.asarray(OPENAI_CLIP_STD, np.float32)
     return self.dataset_mean_std()
 
   def dataset_mean_std(self) -> Tuple[np.ndarray, np.ndarray]:
@@ -287,6 +296,11 @@ def resolve(data_cfg) -> DataSpec:
                     f"data.resize={resize!r} set it to 0")
   max_boxes = _int(data_cfg, "max_boxes", 0) or info.max_boxes
   has_text = "text" in info.field_kinds.values()
+  frames = _int(data_cfg, "frames", 0)
+  if frames and not info.frames:
+    raise UserError(f"data.frames={frames}: '{info.name}' is an image dataset, not a video one; set data.frames to 0")
+  if info.frames and info.spatial:
+    raise ValueError(f"dataset '{info.name}': clips with masks or boxes are not supported")
   max_captions = _int(data_cfg, "max_captions", 0) or info.max_captions
   return DataSpec(
       info=info, image_hw=image_hw, channels=channels,
@@ -306,4 +320,5 @@ def resolve(data_cfg) -> DataSpec:
       max_boxes=max_boxes if info.boxes_field else 0,
       context_length=_int(data_cfg, "context_length", 2),
       max_captions=max_captions if has_text else 0,
+      frames=frames or info.frames,
   )

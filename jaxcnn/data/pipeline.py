@@ -52,6 +52,11 @@ dataset's native shape), a local batch of b examples holds:
   source_hw      int32 [b, 2]          datasets with boxes: (h, w) of each image as the source gave it
   extra fields   as the source gives them
   mask           float32 [b]           eval only: 1 for examples, 0 for padding positions
+Video datasets (`DatasetInfo.frames` > 0, `jaxcnn.data.video`) have clips as their image: T =
+data.frames frames (0: the dataset's default) sampled uniformly from each clip (`video.frame_indices`;
+a clip with fewer frames is a UserError naming it), so `image` is float32 [b, T, H, W, C]; every
+frame goes through the image steps above, and augmentation draws once per clip (the same crop and
+flip on all its frames: `transforms.augment`).
 `element_spec` gives these shapes without reading the data.
 
 Boxes. M = data.max_boxes (0: the dataset's `max_boxes`). Where an example is
@@ -108,7 +113,7 @@ import grain
 import numpy as np
 
 from jaxcnn.data import config as config_lib
-from jaxcnn.data import detection, geometry, sources, transforms
+from jaxcnn.data import detection, geometry, sources, transforms, video
 from jaxcnn.errors import UserError
 
 # Steps a training iterator can run: far beyond any training, small enough for grain's index arithmetic.
@@ -225,7 +230,10 @@ class _Examples:
 
   def read(self, index: int) -> dict:
     """Example `index` with its uint8 image at the spec's (read) size and channels; every field checked."""
-    example = self.source[index]
+    if self.spec.frames:   # a clip: data.frames of its frames, sampled uniformly (too few: a UserError)
+      example = video.read_clip(self.source, index, self.spec.frames, self._what(index))
+    else:
+      example = self.source[index]
     image = example["image"]
     if self.needs_resize:
       image = transforms.resize(image, self.read_size)

@@ -106,6 +106,8 @@ class DatasetInfo:
   class_names: Tuple[str, ...] = ()             # optional, num_classes names
   max_boxes: int = 100                          # boxes slots per example when data.max_boxes is 0
   max_captions: int = 5                         # 'text' fields: caption slots when data.max_captions is 0
+  frames: int = 0                               # > 0: a video dataset; its 'image' is a clip uint8 [T, H, W, C]
+                                                # (image_shape per frame), T = data.frames or this default
 
   def __post_init__(self):
     pairs = tuple((str(k), str(v)) for k, v in (self.fields.items() if isinstance(self.fields, dict)
@@ -267,13 +269,13 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 class ArraySource:
-  """A split held in memory: uint8 images [N, H, W, C], integer labels [N] (or None: no 'label'), and
-  optionally more per-example arrays ({name: [N, ...]}, e.g. segmentation masks)."""
+  """A split held in memory: uint8 images [N, H, W, C] (clips: [N, T, H, W, C]), integer labels [N] (or None:
+  no 'label'), and optionally more per-example arrays ({name: [N, ...]}, e.g. segmentation masks)."""
 
   def __init__(self, images: np.ndarray, labels: Optional[np.ndarray], name: str = "",
                arrays: Optional[Dict[str, np.ndarray]] = None):
     arrays = dict(arrays or {})
-    if images.ndim != 4 or images.dtype != np.uint8 or (labels is not None and len(images) != len(labels)) \
+    if images.ndim not in (4, 5) or images.dtype != np.uint8 or (labels is not None and len(images) != len(labels)) \
         or any(len(a) != len(images) for a in arrays.values()):
       raise ValueError(f"want uint8 [N, H, W, C] images and N labels and N of every array, got {images.dtype} "
                        f"{images.shape}, {None if labels is None else len(labels)} labels and "

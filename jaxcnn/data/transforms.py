@@ -39,8 +39,12 @@ def hw(size) -> Tuple[int, int]:
 
 
 def resize(image: np.ndarray, size) -> np.ndarray:
-  """Bilinear resize of a uint8 [H, W, C] image to [size, size, C] or, with size = (h, w), [h, w, C] (PIL)."""
+  """Bilinear resize of a uint8 [H, W, C] image to [size, size, C] or, with size = (h, w), [h, w, C] (PIL).
+
+  A clip [T, H, W, C] is resized frame by frame."""
   h, w = hw(size)
+  if image.ndim == 4:
+    return image if image.shape[1:3] == (h, w) else np.stack([resize(frame, (h, w)) for frame in image])
   if image.shape[0] == h and image.shape[1] == w:
     return image
   if image.shape[2] == 3:
@@ -53,21 +57,21 @@ def resize(image: np.ndarray, size) -> np.ndarray:
 
 
 def resize_batch(images: np.ndarray, size) -> np.ndarray:
-  """`resize` applied to every image of a uint8 [N, H, W, C] array."""
+  """`resize` applied to every image of a uint8 [N, H, W, C] array (or every clip of [N, T, H, W, C])."""
   h, w = hw(size)
-  if images.shape[1] == h and images.shape[2] == w:
+  if images.shape[-3] == h and images.shape[-2] == w:
     return images
   return np.stack([resize(im, (h, w)) for im in images]) if len(images) else np.zeros(
-      (0, h, w, images.shape[3]), np.uint8)
+      images.shape[:-3] + (h, w, images.shape[-1]), np.uint8)
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-  """Converts 1 -> 3 channels by repeating and 3 -> 1 by luma; same count is a no-op."""
-  have = image.shape[2]
+  """Converts 1 -> 3 channels by repeating and 3 -> 1 by luma; same count is a no-op. [..., C]: images or clips."""
+  have = image.shape[-1]
   if have == channels:
     return image
   if have == 1 and channels == 3:
-    return np.repeat(image, 3, axis=2)
+    return np.repeat(image, 3, axis=-1)
   if have == 3 and channels == 1:
     gray = image.astype(np.float32) @ LUMA_WEIGHTS
     return np.clip(np.rint(gray), 0, 255).astype(np.uint8)[..., None]
@@ -333,8 +337,17 @@ def augment(image: np.ndarray, rng: np.random.Generator, names: Sequence[str],
   """Applies the named augmentations in order, all drawing from the same generator.
 
   Names of one stage only: uint8 ones before `normalize`, NORMALIZED_AUGMENTATIONS after it
-  (`split_augment` separates them).
+  (`split_augment` separates them). A clip [T, H, W, C] gets the same draws on every frame (the
+  generator is rewound to its starting state per frame, so one crop, flip, erase... for the whole
+  clip); the generator ends where one image's augmentation leaves it.
   """
+  if image.ndim == 4 and names:
+    start = rng.bit_generator.state
+    frames = []
+    for frame in image:
+      rng.bit_generator.state = start
+      frames.append(augment(frame, rng, names, options))
+    return np.stack(frames)
   for name in names:
     image = AUGMENTATIONS[name](image, rng, options)
   return image

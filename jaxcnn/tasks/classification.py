@@ -107,17 +107,20 @@ class Classification(Task):
     self.model = create_model(config.model.name,
                               **model_kwargs(config.model, config.train, axis_name,
                                              num_classes=self.num_classes))
+    # The batch field the model reads: 'image' (images, or clips [B, T, H, W, C]) unless the model says
+    # otherwise (a video model on cached per-frame features reads 'frame_features').
+    self.input_field = getattr(self.model, "input_field", "image")
 
   def init(self, rng, batch):
     params_rng, dropout_rng, drop_path_rng = jax.random.split(rng, 3)
     return self.model.init({"params": params_rng, "dropout": dropout_rng, "drop_path": drop_path_rng},
-                           batch["image"], train=False)
+                           batch[self.input_field], train=False)
 
   def loss(self, params, model_state, batch, rng):
     dropout_rng, drop_path_rng, mix_rng = jax.random.split(rng, 3)
     labels = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes),
                                  float(self.config.train.label_smoothing))
-    images, labels = mix_batch(mix_rng, batch["image"], labels, self.config.train)
+    images, labels = mix_batch(mix_rng, batch[self.input_field], labels, self.config.train)
     outputs, new_state = self.model.apply(
         {"params": params, **model_state}, images, train=True,
         rngs={"dropout": dropout_rng, "drop_path": drop_path_rng}, mutable=list(model_state))
@@ -148,7 +151,7 @@ class Classification(Task):
     return self.criterion(outputs, labels, hard_labels), outputs.astype(jnp.float32), {}
 
   def eval_step(self, variables, batch):
-    logits = self.model.apply(variables, batch["image"], train=False).astype(jnp.float32)
+    logits = self.model.apply(variables, batch[self.input_field], train=False).astype(jnp.float32)
     mask, labels = batch["mask"], batch["label"]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     sums = {"loss": jnp.sum(nll * mask),
