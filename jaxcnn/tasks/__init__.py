@@ -13,6 +13,7 @@ _TASKS = {
     "stackganpp": "jaxcnn.tasks.stackgan_v2:StackGANpp",
     "segmentation": "jaxcnn.tasks.segmentation:Segmentation",
     "detection": "jaxcnn.tasks.detection:Detection",
+    "distill": "jaxcnn.tasks.distill:Distill",
     "video": "jaxcnn.tasks.video:VideoClassification",
     "sequence": "jaxcnn.tasks.sequence:SequenceRecognition",
 }
