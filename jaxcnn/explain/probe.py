@@ -128,8 +128,20 @@ def resolve_layer(model: nn.Module, variables, x, layer: Optional[str]) -> str:
   if not layer:
     return default_layer(model, shapes)
   if layer not in shapes:
-    raise unknown("target layer", layer, shapes)
+    raise unknown("target layer", layer, _shallowest(shapes))
   return layer
+
+
+def _shallowest(paths, limit: int = 40) -> list:
+  """The paths up to the deepest nesting level that keeps at most `limit` of them (blocks before layers)."""
+  depths = sorted({p.count("/") for p in paths})
+  keep = [p for p in paths if p.count("/") <= depths[0]]
+  for d in depths[1:]:
+    deeper = [p for p in paths if p.count("/") <= d]
+    if len(deeper) > limit:
+      break
+    keep = deeper
+  return keep
 
 
 def to_grid(a: jax.Array, image_hw) -> jax.Array:
