@@ -12,8 +12,8 @@ into `backbone`) with FrozenBatchNorm2d (`model.frozen_bn`, the default) and con
 The backbone's 1e-5 is `optim.lr_multipliers` 0.1 on 'backbone/'. Differences: the official multi-scale
 augmentation (shorter side drawn from 480..800 and a random 384..600 crop with probability 1/2) is not
 reproduced: images are fitted with the shorter side 800 and the longer at most 1333 and flipped, as the
-torchvision recipes; batches are padded to 1333 x 1333 without the padding mask (the position encoding and
-the attention then see the padding as image); the head has 82 logits (the unused label 0, 80 classes and
+torchvision recipes; batches are padded to 1333 x 1333 and the model gets the padding mask and each image's
+unpadded size, as the official NestedTensor (so no size-changing augmentation); the head has 82 logits (the unused label 0, 80 classes and
 "no object"; the official COCO model has 92, one per category id up to 90). The schedule counts 500 x 1,849
 steps of 64 over all 118,287 train2017 images (the official data set keeps the images without
 annotations). Not measured here (no GPU, no COCO files).

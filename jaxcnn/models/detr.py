@@ -24,8 +24,11 @@ from the last decoder layer and, with `aux_loss=True` (default, the official tra
 'aux_outputs': a list of num_decoder_layers - 1 dicts of the same two keys, first layer first. `mask`
 (optional, bool [B, H, W], True on padded pixels: the official NestedTensor mask) is downsampled to the
 feature map by nearest neighbour as the official `F.interpolate`, and masks the keys of every attention
-over the image and the position encoding. Without it every pixel is real (the detection task's batches
-hold equal-size images).
+over the image and the position encoding. Without it every pixel is real. The detection task gives it
+(`uses_padding_mask`): batches padded by `data.resize=fit` (bottom/right, as the official NestedTensor)
+get the mask of each image's unpadded (h, w), which the task derives from the batch's `source_hw`, and
+the loss and `postprocess` take those per-image sizes (targets['image_hw'] / image_size [B, 2]) as the
+official code normalises targets by each image's size and scales boxes by its `target_sizes`.
 
 Parameters (exact, checked in tests/models/test_detr.py against a PyTorch model built as the official):
   detr_resnet50   41,524,768 official trainable-structure parameters (`model.parameters()`), plus 53,120
@@ -54,7 +57,8 @@ the number of valid target boxes of the batch (at least 1). Targets are the cont
 converted to normalised cxcywh as the official data transform does. Every decoder layer contributes
 (aux loss) with weights 1, `bbox_loss_coef` (5), `giou_loss_coef` (2). Metrics 'train/loss_ce',
 'train/loss_bbox', 'train/loss_giou' are the weighted sums over layers, so they add up to the loss (the
-official weighted sum of its loss dict). With `axis_name` (legacy pmap path) the box count and the
+official weighted sum of its loss dict); 'train/class_error' is the official log's 100 - top-1 accuracy (%)
+of the last layer's matched queries. With `axis_name` (legacy pmap path) the box count and the
 cross-entropy weight sum are psum-ed and divided by the device count, so the mean over devices is the
 loss of the global batch, as under jit (the official DDP code averages the box count over processes but
 its cross-entropy is a per-process mean). An image without boxes is all "no object".
@@ -73,7 +77,8 @@ regex (conv1, bn1, layer1 and every backbone BN).
 
 Small-model fields for offline runs (official defaults): `backbone_name` ('resnet18' ... 'resnet152'),
 `d_model`, `num_heads`, `num_encoder_layers`, `num_decoder_layers`, `dim_feedforward`, `dropout`,
-`num_queries`, `aux_loss`, `dilation`, `frozen_bn`.
+`num_queries`, `aux_loss`, `dilation`, `frozen_bn`, and `backbone_stage` ('stage4', the official; an
+earlier stage ends the backbone there, for small objects: 'stage2' is stride 8, 4 with `dilation`).
 """
 import math
 from typing import Any, Dict, Optional
@@ -88,9 +93,10 @@ from jaxcnn.layers import Conv, LayerNorm
 from jaxcnn.layers.attention import dot_product_attention_weights
 from jaxcnn.ops import box_convert, clip_boxes_to_image, generalized_box_iou
 from jaxcnn.ops.matching import hungarian_match
-from jaxcnn.registry import create_model, register_model
+from jaxcnn.registry import create_model, model_option_defaults, register_model
 
 DETR_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+BACKBONE_STAGES = ("stage1", "stage2", "stage3", "stage4")
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which the official transformer uses
 xavier = nn.initializers.xavier_uniform()
 # torch.nn.Linear / Conv2d defaults: weight and bias uniform(+-1/sqrt(fan_in)).
@@ -312,17 +318,25 @@ class MLP(nn.Module):
     return x
 
 
+def _whwh(image_size) -> jax.Array:
+  """(W, H, W, H) from an (H, W) pair, or [B, 1, 4] from per-image sizes [B, 2] (the unpadded (h, w))."""
+  hw = jnp.asarray(image_size, jnp.float32)
+  whwh = jnp.concatenate([hw[..., ::-1], hw[..., ::-1]], axis=-1)
+  return whwh if hw.ndim == 1 else whwh[:, None, :]
+
+
 def _boxes_xyxy_normalised(boxes, image_size):
   """xyxy pixels -> (cx, cy, w, h) / (W, H, W, H), the official data transform's order of operations."""
-  height, width = image_size
-  return box_convert(boxes, "xyxy", "cxcywh") / jnp.asarray([width, height, width, height], jnp.float32)
+  return box_convert(boxes, "xyxy", "cxcywh") / _whwh(image_size)
 
 
 class DETR(nn.Module):
   """DETR detector: ResNet, transformer, set prediction heads (see the module docstring)."""
+  uses_padding_mask = True  # the detection task passes `mask` and each image's unpadded size (not a field)
   num_classes: int = 91
   backbone_name: str = "resnet50"
   dilation: bool = False              # official --dilation (DC5): the last stage at stride 16, dilated
+  backbone_stage: str = "stage4"      # the stage that feeds the transformer (official: the last, stage4)
   frozen_bn: bool = True              # official FrozenBatchNorm2d: backbone BNs always in inference mode
   d_model: int = 256
   num_heads: int = 8
@@ -350,6 +364,10 @@ class DETR(nn.Module):
   def __post_init__(self):
     if self.backbone_name not in DETR_BACKBONES:
       raise unknown("backbone_name", self.backbone_name, DETR_BACKBONES)
+    if self.backbone_stage not in BACKBONE_STAGES:
+      raise unknown("backbone_stage", self.backbone_stage, BACKBONE_STAGES)
+    if self.dilation and self.backbone_stage == "stage1":
+      raise UserError("dilation=True needs backbone_stage 'stage2'..'stage4' (stage1 has no stride to replace)")
     if self.num_classes < 2:
       raise UserError(f"num_classes={self.num_classes} must be >= 2 (the largest label + 1; 0 is never a label)")
     for field in ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
@@ -373,10 +391,15 @@ class DETR(nn.Module):
     return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
   def setup(self):
-    extra = {"replace_stride_with_dilation": (False, False, True)} if self.dilation else {}
+    stage = BACKBONE_STAGES.index(self.backbone_stage)
+    extra = {}
+    if stage < 3:  # an earlier stage: the backbone ends there (no parameters for the stages after it)
+      extra["stage_sizes"] = tuple(model_option_defaults(self.backbone_name)["stage_sizes"])[:stage + 1]
+    if self.dilation:  # the official DC5: the feeding stage keeps the previous stride, dilated
+      extra["replace_stride_with_dilation"] = (False,) * (stage - 1) + (True,)
     self.backbone = create_model(self.backbone_name, return_features=True, bn_axis_name=self.bn_axis_name,
                                  **extra, **self._options())
-    channels = 512 if self.backbone_name in ("resnet18", "resnet34") else 2048  # the last stage's
+    channels = (64 if self.backbone_name in ("resnet18", "resnet34") else 256) * 2 ** stage
     self.input_proj = Conv(self.d_model, (1, 1), kernel_init=torch_kernel_init, bias_init=torch_bias_init(channels),
                            **self._options())
     self.query_embed = self.param("query_embed", nn.initializers.normal(1.0), (self.num_queries, self.d_model),
@@ -388,7 +411,7 @@ class DETR(nn.Module):
     self.bbox_embed = MLP(self.d_model, 4, 3, **self._options())
 
   def __call__(self, x, train: bool = False, mask=None) -> Dict[str, Any]:
-    src = self.backbone(x, train=train and not self.frozen_bn)["stage4"]
+    src = self.backbone(x, train=train and not self.frozen_bn)[self.backbone_stage]
     batch, h, w, _ = src.shape
     if mask is None:
       key_padding_mask, not_mask = None, jnp.ones((1, h, w), jnp.float32)
@@ -432,6 +455,8 @@ class DETR(nn.Module):
     num_layers, _, num_queries, num_logits = logits.shape
     no_object = num_logits - 1
     valid = jnp.asarray(targets["valid"], bool)
+    # the official targets are normalised by each image's unpadded size (targets['image_hw'] when given)
+    image_size = targets.get("image_hw", image_size)
     # padded slots get a harmless box and label: finite costs (their columns are dropped anyway)
     gt_boxes = jnp.where(valid[..., None], _boxes_xyxy_normalised(jnp.asarray(targets["boxes"], jnp.float32),
                                                                  image_size), jnp.float32(0.5))
@@ -475,9 +500,16 @@ class DETR(nn.Module):
                                box_convert(target, "cxcywh", "xyxy")[..., None, :])[..., 0, 0]
     loss_bbox = jnp.sum(jnp.where(matched, l1, 0.0), axis=(1, 2)) / num_boxes
     loss_giou = jnp.sum(jnp.where(matched, 1.0 - giou, 0.0), axis=(1, 2)) / num_boxes
+    # the official 'class_error': % of the last layer's matched queries whose top logit is not their class
+    correct = jnp.sum(matched[-1] & (jnp.argmax(logits[-1], axis=-1) == target_classes[-1]))
+    count = jnp.sum(matched[-1])
+    if axis_name is not None:
+      correct, count = jax.lax.psum(correct, axis_name), jax.lax.psum(count, axis_name)
     metrics = {"train/loss_ce": jnp.sum(loss_ce), "train/loss_bbox": self.bbox_loss_coef * jnp.sum(loss_bbox),
-               "train/loss_giou": self.giou_loss_coef * jnp.sum(loss_giou)}
-    return metrics["train/loss_ce"] + metrics["train/loss_bbox"] + metrics["train/loss_giou"], metrics
+               "train/loss_giou": self.giou_loss_coef * jnp.sum(loss_giou),
+               "train/class_error": 100.0 - 100.0 * correct / jnp.maximum(count, 1)}
+    loss = metrics["train/loss_ce"] + metrics["train/loss_bbox"] + metrics["train/loss_giou"]
+    return loss, metrics
 
   # --- inference -----------------------------------------------------------------------------------------
   def postprocess(self, outputs, image_size) -> Dict[str, jax.Array]:
@@ -486,10 +518,14 @@ class DETR(nn.Module):
     if not self.keep_background_class:
       prob = prob.at[..., 0].set(-1.0)
     scores, labels = jnp.max(prob, axis=-1), jnp.argmax(prob, axis=-1).astype(jnp.int32)
-    height, width = image_size
     boxes = box_convert(jnp.asarray(outputs["pred_boxes"], jnp.float32), "cxcywh", "xyxy")
-    boxes = clip_boxes_to_image(boxes * jnp.asarray([width, height, width, height], jnp.float32),
-                                (height, width))
+    if getattr(image_size, "ndim", np.ndim(image_size)) == 2:   # per-image unpadded sizes [B, 2]
+      whwh = _whwh(image_size)
+      boxes = jnp.clip(boxes * whwh, 0.0, whwh)
+    else:
+      height, width = image_size
+      boxes = clip_boxes_to_image(boxes * jnp.asarray([width, height, width, height], jnp.float32),
+                                  (height, width))
     top, order = jax.lax.top_k(scores, self.detections_per_img or scores.shape[-1])
     return {"boxes": jnp.take_along_axis(boxes, order[..., None], axis=1), "scores": top,
             "labels": jnp.take_along_axis(labels, order, axis=1), "valid": top > self.score_thresh}

@@ -13,7 +13,13 @@ computes it, `postprocess(outputs, image_size)` the fixed-size detections. Two-s
 second stage trains on proposals sampled against the ground truth, set `trains_with_targets = True`: their
 training forward receives `targets=` and a 'sampling' rng (fixed-size random fg/bg sampling) and returns
 what `detection_loss` needs; with instance masks in the batch the targets carry them as 'masks'
-[B, M, H, W] (Mask R-CNN's mask loss needs them). Labels follow torchvision's
+[B, M, H, W] (Mask R-CNN's mask loss needs them). A model with `uses_padding_mask = True` (DETR) gets
+`mask=` (bool [B, H, W], True on the padding `data.resize=fit` added at the bottom/right) in training and
+eval, its targets carry 'image_hw' (float32 [B, 2], each image's unpadded size, `geometry.fitted_size` of
+the batch's `source_hw` in float32) and `postprocess` gets those sizes as `image_size`; since that size is
+known only when the training augmentations keep the image's size before the fit, `scale`, `crop`,
+`zoom_out` and `iou_crop` are refused with such a model (not with `data.resize=stretch`, which pads
+nothing). Labels follow torchvision's
 convention: the model is built with num_classes = K + 1 and dataset class c is model label c + 1 (0 is
 background), so torchvision's 91-class COCO weights and heads line up.
 
@@ -75,6 +81,23 @@ def detector_names():
   return names
 
 
+SIZE_CHANGING_AUGMENTS = ("scale", "crop", "zoom_out", "iou_crop")
+
+
+def _check_padding_knowable(data):
+  """A padding-mask model (DETR) learns each image's unpadded size from `source_hw`, which holds only while the
+  training augmentations keep the image's size before `fit`."""
+  if data.get("resize", "fit") == "stretch":
+    return
+  augment = data.get("augment", "") or ""
+  names = [a.strip() for a in (augment.split(",") if isinstance(augment, str) else augment) if a.strip()]
+  changing = [a for a in names if a in SIZE_CHANGING_AUGMENTS]
+  if changing:
+    raise UserError(f"data.augment '{','.join(names)}': {', '.join(changing)} changes the image size before "
+                    "padding, so the padding mask this model takes is unknown; use size-keeping augmentations "
+                    "(flip, photometric) or data.resize=stretch")
+
+
 class Detection(Task):
   best_metric = ("eval/map", "max")
 
@@ -101,6 +124,8 @@ class Detection(Task):
     if not is_detector(self.model):
       raise UserError(f"model '{config.model.name}' is not a detector (task 'detection' needs one of: "
                       f"{', '.join(detector_names())})")
+    if getattr(self.model, "uses_padding_mask", False):
+      _check_padding_knowable(config.data)
     self._preview = None
     self._detect = jax.jit(self.detect)
 
@@ -125,10 +150,40 @@ class Detection(Task):
       targets["masks"] = batch[mask_field]
     return targets
 
+  def unpadded_hw(self, batch):
+    """float32 [B, 2]: each batch image's (h, w) before `data.resize=fit` padded it (geometry.fitted_size of its
+    `source_hw`, in float32), or None when the batch says nothing of padding ('stretch', no `source_hw`).
+    Eval padding examples (source_hw 0) count as unpadded."""
+    if "source_hw" not in batch or self.config.data.get("resize", "fit") == "stretch":
+      return None
+    out_hw = jnp.asarray(batch["image"].shape[1:3], jnp.float32)
+    hw = jnp.asarray(batch["source_hw"], jnp.float32)
+    real = jnp.all(hw > 0, axis=-1, keepdims=True)
+    hw = jnp.where(real, hw, out_hw)
+    factor = jnp.min(out_hw / hw, axis=-1, keepdims=True)
+    shorter = float(self.config.data.get("resize_shorter", 0) or 0)
+    if shorter:
+      factor = jnp.minimum(factor, shorter / jnp.min(hw, axis=-1, keepdims=True))
+    return jnp.clip(jnp.round(hw * factor), 1.0, out_hw)
+
+  def padding(self, batch):
+    """(pixel mask bool [B, H, W], True on padding; unpadded sizes [B, 2]) for models that take them (DETR's
+    NestedTensor mask), else (None, None)."""
+    hw = self.unpadded_hw(batch) if getattr(self.model, "uses_padding_mask", False) else None
+    if hw is None:
+      return None, None
+    height, width = batch["image"].shape[1:3]
+    rows = jnp.arange(height, dtype=jnp.float32)[None, :, None] >= hw[:, 0, None, None]
+    cols = jnp.arange(width, dtype=jnp.float32)[None, None, :] >= hw[:, 1, None, None]
+    return rows | cols, hw
+
   def loss(self, params, model_state, batch, rng):
     targets = self.targets(batch, self.mask_field)
     dropout_rng, sampling_rng = jax.random.split(rng)
     extra = {"targets": targets} if getattr(self.model, "trains_with_targets", False) else {}
+    mask, hw = self.padding(batch)
+    if mask is not None:
+      extra["mask"], targets = mask, {**targets, "image_hw": hw}
     outputs, new_state = self.model.apply(
         {"params": params, **model_state}, batch["image"], train=True, **extra,
         rngs={"dropout": dropout_rng, "sampling": sampling_rng}, mutable=list(model_state))
@@ -138,12 +193,16 @@ class Detection(Task):
     return loss, (new_state, {"train/loss": loss, **metrics})
 
   # --- evaluation -----------------------------------------------------------------------------------------
-  def detect(self, variables, images):
+  def detect(self, variables, images, source_hw=None):
     """Fixed-size detections {'boxes', 'scores', 'labels' (dataset classes), 'valid'} of a batch, and
-    'masks' bool [B, D, H, W] (probability > 0.5, valid slots only) when the model predicts masks."""
-    outputs = self.model.apply(variables, images, train=False)
+    'masks' bool [B, D, H, W] (probability > 0.5, valid slots only) when the model predicts masks.
+    `source_hw` (the batch's) gives a padding-mask model its mask and each image's unpadded size."""
+    batch = {"image": images} if source_hw is None else {"image": images, "source_hw": source_hw}
+    mask, hw = self.padding(batch)
+    extra = {} if mask is None else {"mask": mask}
+    outputs = self.model.apply(variables, images, train=False, **extra)
     outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
-    detections = self.model.postprocess(outputs, images.shape[1:3])
+    detections = self.model.postprocess(outputs, images.shape[1:3] if hw is None else hw)
     valid = detections["valid"].astype(bool)
     out = {"boxes": detections["boxes"].astype(jnp.float32), "scores": detections["scores"].astype(jnp.float32),
            "labels": detections["labels"].astype(jnp.int32) - 1, "valid": valid}
@@ -152,7 +211,7 @@ class Detection(Task):
     return out
 
   def eval_step(self, variables, batch):
-    detections = self.detect(variables, batch["image"])
+    detections = self.detect(variables, batch["image"], batch.get("source_hw"))
     real = batch["mask"] > 0
     out = {"count": jnp.sum(real), "per_example/mask": batch["mask"]}
     out.update({f"per_example/{k}": v for k, v in detections.items()})
@@ -213,8 +272,8 @@ class Detection(Task):
     from jaxcnn.eval import detection as det_eval
     if self._preview is None:
       self._preview = self._fixed_eval_examples(n)
-    images, truth = self._preview
-    detections = jax.device_get(self._detect(variables, jnp.asarray(images)))
+    images, truth, source_hw = self._preview
+    detections = jax.device_get(self._detect(variables, jnp.asarray(images), source_hw))
     if jax.process_index() == 0:
       det_eval.save_detection_grid(os.path.join(workdir, "plots", f"detections_step{step:07d}.png"), images,
                                    detections, class_names=self.class_names,
@@ -227,4 +286,5 @@ class Detection(Task):
     keep = np.asarray(batch["mask"]) > 0
     truth = {"boxes": np.asarray(batch["boxes"])[keep], "labels": np.asarray(batch["box_classes"])[keep],
              "valid": np.asarray(batch["boxes_valid"])[keep]}
-    return np.asarray(batch["image"])[keep], truth
+    source_hw = np.asarray(batch["source_hw"])[keep] if "source_hw" in batch else None
+    return np.asarray(batch["image"])[keep], truth, source_hw

@@ -291,7 +291,11 @@ def torch_set_criterion(outputs, targets, num_classes, eos_coef=0.1):
     batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
     src_idx = torch.cat([src for src, _ in indices])
     classes = torch.full(out["pred_logits"].shape[:2], num_classes, dtype=torch.int64)
-    classes[batch_idx, src_idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+    classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+    classes[batch_idx, src_idx] = classes_o
+    if out is outputs and len(classes_o):  # the official log: 100 - top-1 accuracy of the matched queries
+      hits = (out["pred_logits"][batch_idx, src_idx].argmax(-1) == classes_o).float().mean()
+      totals["class_error"] = 100 - 100 * float(hits)
     totals["loss_ce"] += float(F.cross_entropy(out["pred_logits"].transpose(1, 2), classes, weight))
     src = out["pred_boxes"][batch_idx, src_idx]
     tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
@@ -340,12 +344,13 @@ def test_loss_matches_the_official_set_criterion():
   expected = torch_set_criterion(jax.tree.map(torch.from_numpy, outputs), official, 11)
   value_and_grad = jax.jit(jax.value_and_grad(lambda o: model.detection_loss(o, targets, SIZE), has_aux=True))
   (loss, metrics), grads = value_and_grad(outputs)
-  assert sorted(metrics) == ["train/loss_bbox", "train/loss_ce", "train/loss_giou"]
+  assert sorted(metrics) == ["train/class_error", "train/loss_bbox", "train/loss_ce", "train/loss_giou"]
   for key, value in expected.items():
     np.testing.assert_allclose(float(metrics[f"train/{key}"]), value, rtol=1e-5, err_msg=key)
     assert value > 0.1, key
-  np.testing.assert_allclose(float(loss), sum(expected.values()), rtol=1e-5)
-  np.testing.assert_allclose(float(loss), float(sum(metrics.values())), rtol=1e-6)
+  losses = [v for k, v in expected.items() if k.startswith("loss_")]
+  np.testing.assert_allclose(float(loss), sum(losses), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(sum(v for k, v in metrics.items() if "loss_" in k)), rtol=1e-6)
   # gradients are finite and reach the boxes of the matched queries only (every layer matches every box)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   for layer in [grads] + grads["aux_outputs"]:
@@ -478,7 +483,26 @@ def test_aux_loss_off_and_dilation_shapes():
     assert inter["intermediates"]["input_proj"]["__call__"][0].shape == (1, side, side, 64)
 
 
+def test_an_earlier_backbone_stage_ends_the_backbone_there():
+  """`backbone_stage` (a small-data option; the official model uses stage4): the feature map of that stage
+  at its stride (half of it with dilation), and no parameters for the stages after it."""
+  tiny = {**SMALL, "num_encoder_layers": 1, "num_decoder_layers": 1}
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  for stage, dilation, side, channels in (("stage2", False, 8, 128), ("stage2", True, 16, 128),
+                                          ("stage3", False, 4, 256)):
+    model = create_model("detr_resnet50", **tiny, backbone_stage=stage, dilation=dilation)
+    variables = abstract_variables(model, x.shape)
+    assert variables["params"]["input_proj"]["kernel"].shape == (1, 1, channels, 64)
+    last = int(stage[-1])
+    assert not [k for k in variables["params"]["backbone"] if any(f"layer{i}" in k for i in range(last + 1, 5))]
+    _, inter = jax.eval_shape(
+        lambda v, x: model.apply(v, x, capture_intermediates=lambda m, _: m.name == "input_proj"), variables, x)
+    assert inter["intermediates"]["input_proj"]["__call__"][0].shape == (1, side, side, 64)
+
+
 def test_bad_options_and_state_dicts():
+  with pytest.raises(UserError, match="backbone_stage"):
+    create_model("detr_resnet50", backbone_stage="stage5")
   with pytest.raises(UserError, match="backbone_name"):
     create_model("detr_resnet50", backbone_name="vgg16")
   with pytest.raises(UserError, match="divisible"):
@@ -495,3 +519,77 @@ def test_bad_options_and_state_dicts():
     torch_to_flax("detr_resnet50", {**sd, "extra.weight": torch.zeros(1)})
   with pytest.raises(UserError, match="convertible"):
     torch_to_flax("detr_resnet18", sd)
+
+
+# --- the detection task's padding mask ------------------------------------------------------------------
+def test_the_task_gives_detr_the_official_padding_mask_and_image_sizes():
+  """Batches padded by data.resize=fit (bottom/right, as the official NestedTensor): the task derives each image's
+  unpadded size from `source_hw`, gives the model the pixel mask and normalises the targets by those sizes; the
+  loss equals the official model + SetCriterion on the masked batch, and the detections are the official
+  PostProcess with the unpadded sizes as target_sizes."""
+  from experiments.configs.common import detection_config
+  from jaxcnn import data as data_lib
+  from jaxcnn.tasks.detection import Detection
+  kwargs = {k: v for k, v in SMALL.items() if k != "num_classes"}
+  c = detection_config()
+  c.model.name = "detr_resnet50"
+  with c.model.unlocked():
+    c.model.update(kwargs, dropout=0.0)
+  c.data.name, c.data.image_size = "digits_det", SIZE
+  task = Detection(c, data_lib.dataset_info("digits_det"))
+  model = torch_detr(3, SIZE, num_classes=11, **kwargs)
+  variables = torch_to_flax("detr_resnet50", model.state_dict())
+  # fit: (64, 96) stays; (40, 90) -> 43 x 96 (bottom padded); (60, 40) -> 64 x 43 (right); (0, 0) eval padding
+  source_hw = np.array([[64, 96], [40, 90], [60, 40], [0, 0]], np.int32)
+  unpadded = [(64, 96), (43, 96), (64, 43), (64, 96)]
+  rng = np.random.default_rng(4)
+  images = rng.normal(size=(4,) + SIZE + (3,)).astype(np.float32)
+  boxes, labels = np.zeros((4, 3, 4), np.float32), rng.integers(0, 10, (4, 3)).astype(np.int32)
+  valid = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]], bool)
+  pixel_mask, official = np.ones((4,) + SIZE, bool), []
+  for i, (h, w) in enumerate(unpadded):
+    images[i, h:], images[i, :, w:] = 0.0, 0.0
+    pixel_mask[i, :h, :w] = False
+    wh = rng.uniform(8, 20, (3, 2))
+    x0, y0 = rng.uniform(0, w - wh[:, 0]), rng.uniform(0, h - wh[:, 1])
+    boxes[i] = np.stack([x0, y0, x0 + wh[:, 0], y0 + wh[:, 1]], 1)
+    b = torch.from_numpy(boxes[i][valid[i]])
+    official.append({"labels": torch.from_numpy(labels[i][valid[i]] + 1).long(),
+                     "boxes": torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0],
+                                           b[:, 3] - b[:, 1]], -1) / torch.tensor([w, h, w, h])})
+  batch = {"image": images, "boxes": boxes, "boxes_valid": valid, "box_classes": labels, "source_hw": source_hw}
+  mask, hw = jax.jit(task.padding)(batch)
+  np.testing.assert_array_equal(np.asarray(mask), pixel_mask)
+  np.testing.assert_array_equal(np.asarray(hw), np.asarray(unpadded, np.float32))
+
+  with torch.no_grad():
+    outputs = model(torch.from_numpy(images.transpose(0, 3, 1, 2)), torch.from_numpy(pixel_mask))
+  expected = torch_set_criterion(outputs, official, 11)
+  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+  loss, (_, metrics) = jax.jit(task.loss)(params, state, batch, jax.random.key(0))
+  for key, value in expected.items():
+    np.testing.assert_allclose(float(metrics[f"train/{key}"]), value, rtol=1e-4, err_msg=key)
+  np.testing.assert_allclose(float(loss), sum(v for k, v in expected.items() if k.startswith("loss_")), rtol=1e-4)
+
+  dets = jax.device_get(jax.jit(task.detect)(variables, images, source_hw))
+  prob = outputs["pred_logits"].softmax(-1)[..., 1:-1]        # the classes (column 0 is never a label)
+  scores, classes = prob.max(-1)
+  for i, (h, w) in enumerate(unpadded):
+    order = np.argsort(-scores[i].numpy(), kind="stable")
+    np.testing.assert_allclose(dets["scores"][i], scores[i].numpy()[order], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(dets["labels"][i], classes[i].numpy()[order])
+    pixels = t_box_xyxy(outputs["pred_boxes"][i]).numpy() * [w, h, w, h]    # PostProcess(target_sizes)
+    np.testing.assert_allclose(dets["boxes"][i], np.clip(pixels[order], 0, [w, h, w, h]), atol=2e-3)
+
+
+def test_size_changing_augmentations_are_refused_with_detr():
+  from experiments.configs.common import detection_config
+  from jaxcnn import data as data_lib
+  from jaxcnn.tasks.detection import Detection
+  c = detection_config()
+  c.model.name = "detr_resnet50"
+  c.data.name, c.data.augment = "digits_det", "flip,scale"
+  with pytest.raises(UserError, match="scale changes the image size"):
+    Detection(c, data_lib.dataset_info("digits_det"))
+  c.data.resize = "stretch"   # no padding: nothing to know
+  Detection(c, data_lib.dataset_info("digits_det"))
