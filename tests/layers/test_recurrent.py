@@ -131,3 +131,19 @@ def test_bad_options():
     Recurrent(hidden_size=4, cell="lstmm").init(jax.random.PRNGKey(0), x)
   with pytest.raises(UserError, match=r"\[batch, time, features\]"):
     LSTM(hidden_size=4).init(jax.random.PRNGKey(0), jnp.zeros((4, 3)))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_hoisted_equals_flax_cells(cell):
+  """The default implementation (input projections before the scan) computes what nn.RNN + flax's cell does,
+  with the same parameter tree."""
+  x = jnp.asarray(np.random.RandomState(4).randn(B, T, F).astype(np.float32))
+  flax_layer = Recurrent(hidden_size=H, cell=cell, num_layers=2, bidirectional=True, impl="flax")
+  hoisted = Recurrent(hidden_size=H, cell=cell, num_layers=2, bidirectional=True)
+  v = flax_layer.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(np.shape, v) == jax.tree.map(np.shape, hoisted.init(jax.random.PRNGKey(0), x))
+  for lengths in (None, jnp.asarray(LENGTHS)):
+    y1, c1 = flax_layer.apply(v, x, seq_lengths=lengths)
+    y2, c2 = hoisted.apply(v, x, seq_lengths=lengths)
+    np.testing.assert_allclose(y1, y2, atol=2e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), c1, c2)
