@@ -191,3 +191,15 @@ def test_weights_files_load_for_fine_tuning(tmp_path):
   torch.jit.save(torch.jit.script(torch.nn.Linear(2, 3)), str(scripted))
   with pytest.raises(UserError, match=r"ViT-B-32.pt: a TorchScript archive .*state dict"):
     load_pretrained(str(scripted), "clip_tiny")
+
+
+def test_ddp_and_custom_text_prefixes_convert_alike():
+  """A training checkpoint's 'module.' prefix and CustomTextCLIP's 'text.' keys give the same variables."""
+  sd = _state_dict(_open_clip(TINY_VIT))
+  want = convert_clip(sd)
+  text_keys = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+  custom = {("text." + k if k.startswith(text_keys) else k): v for k, v in sd.items()}
+  for variant in ({"module." + k: v for k, v in sd.items()}, custom):
+    got = convert_clip(variant)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert clip_config(custom) == clip_config(sd)
