@@ -11,6 +11,7 @@ from jaxcnn.errors import UserError
 
 NORMALIZATIONS = ("standard", "unit", "symmetric", "clip")
 RESIZES = ("fit", "stretch")
+SAMPLERS = ("shuffle", "balanced")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -56,6 +57,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       "max_captions": 0,         # datasets with captions: caption slots per image (0: the dataset's default)
       "frames": 0,               # video datasets: frames per clip, sampled uniformly (0: the dataset's default)
       "repeated_aug": 1,         # each drawn image appears this many times per global batch, augmented apart
+      "sampler": "shuffle",      # shuffle: each example once per epoch | balanced: each class equally often
+                                 # (datasets with a 'label'; see jaxcnn/data/pipeline.py)
       "normalize": "standard",   # standard: per-channel dataset mean/std | unit: [0, 1] | symmetric: [-1, 1]
                                  # | clip: OpenAI CLIP's mean/std (what converted CLIP weights expect)
       "data_dir": "",            # tfds: '' = default ($TFDS_DATA_DIR or ~/tensorflow_datasets); registered
@@ -93,6 +96,7 @@ class DataSpec:
   context_length: int = 77  # token ids per caption ('text' fields)
   max_captions: int = 0    # resolved caption slots per example (0 for datasets without captions)
   frames: int = 0          # resolved frames per clip (0: an image dataset)
+  sampler: str = "shuffle"  # shuffle | balanced (see pipeline's module doc)
 
   @property
   def name(self) -> str:
@@ -302,6 +306,11 @@ def resolve(data_cfg) -> DataSpec:
   if info.frames and info.spatial:
     raise ValueError(f"dataset '{info.name}': clips with masks or boxes are not supported")
   max_captions = _int(data_cfg, "max_captions", 0) or info.max_captions
+  sampler = str(_get(data_cfg, "sampler"))
+  if sampler not in SAMPLERS:
+    raise UserError(f"data.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+  if sampler == "balanced" and info.field_kinds.get("label") != "class":
+    raise UserError(f"data.sampler='balanced' needs a dataset with class labels ('label'); '{info.name}' has none")
   return DataSpec(
       info=info, image_hw=image_hw, channels=channels,
       train_split=str(_get(data_cfg, "train_split") or info.train_split),
@@ -321,4 +330,5 @@ def resolve(data_cfg) -> DataSpec:
       context_length=_int(data_cfg, "context_length", 2),
       max_captions=max_captions if has_text else 0,
       frames=frames or info.frames,
+      sampler=sampler,
   )

@@ -20,6 +20,20 @@ number of reader threads. With R > 1 a pass over N positions shows N / R distinc
 examples (DeiT's repeated-augmentation sampler keeps its epoch length the same way),
 and with P = R processes each process holds one copy of every example of the batch.
 
+Balanced sampling (data.sampler='balanced', datasets with a 'label'): the epoch's
+order permutation(seed, epoch) is replaced by balanced(seed, epoch), N slots that
+show each of the K classes present N // K times (N % K classes, drawn per epoch,
+once more), then all N shuffled (both from np.random.default_rng([seed, epoch, 2])).
+Class c's slots are the first ones of whole cycles over its examples, cycle q in
+the order np.random.default_rng([seed, epoch, 2, c, q]).permutation: within an
+epoch each example of a rare class is shown before any is shown again, and a
+common class shows a random subset.
+A rare class is so repeated and a common one subsampled within every epoch. It
+is a function of (seed, epoch) alone, like the permutation, so every statement
+above holds unchanged: the same batches whatever the process count, and resume
+from the iterator state. The labels are read once, in order, when the iterator
+is built (in-memory datasets: their label array).
+
 Evaluation reads the split in order; global position g = t * B + k holds example
 g, and positions past the end are padding with mask 0, so every process yields
 the same number of equally shaped batches and each example appears once.
@@ -158,16 +172,50 @@ class _EpochPermutations:
     self._cache = {}
     self._lock = threading.Lock()
 
+  def _make(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
   def __call__(self, epoch: int) -> np.ndarray:
     with self._lock:
       perm = self._cache.get(epoch)
     if perm is None:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+      perm = self._make(epoch)
       with self._lock:
         self._cache[epoch] = perm
         for old in sorted(self._cache)[:-self.keep]:
           del self._cache[old]
     return perm
+
+
+class _BalancedEpochs(_EpochPermutations):
+  """balanced(seed, epoch) of the module doc: a class-balanced order of the N examples with `labels`."""
+
+  def __init__(self, seed: int, labels: np.ndarray, keep: int = 3):
+    super().__init__(seed, len(labels), keep)
+    labels = np.asarray(labels)
+    self.members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+
+  def _make(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, epoch, 2])
+    k = len(self.members)
+    counts = np.full(k, self.n // k)
+    counts[rng.permutation(k)[:self.n % k]] += 1
+    slots = []
+    for c, (members, count) in enumerate(zip(self.members, counts)):
+      # Whole cycles over the class's examples, each in its own random order: within the epoch every example
+      # of a rare class is shown before any is shown again; a common class shows a random subset.
+      cycles = [np.random.default_rng([self.seed, epoch, 2, c, q]).permutation(members)
+                for q in range(-(-count // len(members)))]
+      slots.append(np.concatenate(cycles)[:count])
+    return rng.permutation(np.concatenate(slots))
+
+
+def _labels_of(examples) -> np.ndarray:
+  """The 'label' of every example of a split, in order (an in-memory source's array; else one read each)."""
+  source = examples.source
+  if isinstance(source, sources.ArraySource) and source.labels is not None:
+    return source.labels
+  return np.asarray([int(source[i]["label"]) for i in range(len(source))], np.int64)
 
 
 class _Examples:
@@ -204,6 +252,8 @@ class _Examples:
     for name in self.text_fields:
       self.box_specs[name] = ((spec.max_captions, spec.context_length), np.dtype(np.int32))
     self.dropped = detection.DroppedBoxes(spec.name)
+    if spec.frames:
+      video.check_clip_lengths(self.source, spec.frames, self._what)
     self._mean_std = None
     self._fill = None
 
@@ -407,7 +457,8 @@ def train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index
     raise UserError(f"global batch size {global_batch} must be divisible by data.repeated_aug={repeats}")
   examples = _Examples(spec, spec.train_split, train=True)
   n = len(examples)
-  permutations = _EpochPermutations(seed, n)
+  permutations = (_BalancedEpochs(seed, _labels_of(examples)) if spec.sampler == "balanced"
+                  else _EpochPermutations(seed, n))
   uint8_augment, normalized_augment = transforms.split_augment(spec.augment)
   options = spec.augment_options
 
