@@ -72,6 +72,14 @@ def sample_frames(clip, frames: int, what: str) -> np.ndarray:
   return clip if len(clip) == frames else clip[frame_indices(len(clip), frames)]
 
 
+def check_clip_lengths(source, frames: int, what) -> None:
+  """Clips held in memory ([N, T, H, W, C] `images`) share one length: too short ones are refused before any
+  is read, naming the first (`what(index)` names an example). Other sources are checked as each clip is read."""
+  images = getattr(source, "images", None)
+  if isinstance(images, np.ndarray) and images.ndim == 5 and len(images) and images.shape[1] < frames:
+    raise too_few_frames(f"{what(0)} (as every clip of the split)", images.shape[1], frames)
+
+
 def read_clip(source, index: int, frames: int, what: str) -> dict:
   """Example `index` of a video source with its clip cut to `frames` frames.
 

@@ -138,7 +138,7 @@ def test_video_folder(tmp_path):
 def test_too_few_frames_exits_2_in_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.run", "--exp=cnn_lstm_moving_digits", "--config.data.frames=9",
-       "--config.data.train_split=train[:4]", "--config.train.batch_size=2", 
+       "--config.data.train_split=train[:4]", "--config.train.batch_size=8", "--config.eval.batch_size=8", 
        "--config.model.encoder_options={'depth': 8, 'width': 0.25}", "--config.model.hidden_size=4",
        f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-2000:]
