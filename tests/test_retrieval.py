@@ -205,7 +205,7 @@ def test_reindex_reuses_unchanged_files_and_refuses_another_model(index_dir, med
   with pytest.raises(UserError, match="index built with digit_template_clip .* not with digit_template_clip"):
     build.build_index(media, copy, other, frames.Sampling(every=0.5), progress=False)
   with pytest.raises(UserError, match="index built with"):
-    store.check_model(store.read(copy).meta, other.identity, copy)
+    store.check_model(store.read(copy).meta, other.identity, copy, "")
   assert (sorted(os.listdir(copy)), open(os.path.join(copy, store.META)).read()) == before
   assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary directory left behind
 

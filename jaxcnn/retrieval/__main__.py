@@ -78,7 +78,7 @@ def query_command(args) -> None:
     encoder = encoder_lib.load(args.workdir, args.model, args.weights)
   else:
     encoder = encoder_lib.from_identity(index.meta["model"], args.index)
-  store.check_model(index.meta, encoder.identity, args.index)
+  store.check_model(index.meta, encoder.identity, args.index, "query with the index's model, or index again")
   scores, ids = search.top_k(index.embeddings, encoder.embed_texts(args.texts), args.k, args.search)
   rows = []
   for text, s, i in zip(args.texts, scores, ids):

@@ -21,7 +21,7 @@ def _previous(path: str, encoder, settings: dict, rebuild: bool) -> dict:
   if rebuild or not store.is_index(path):
     return {}
   old = store.read(path)
-  store.check_model(old.meta, encoder.identity, path)
+  store.check_model(old.meta, encoder.identity, path, "index with --rebuild to replace it, or choose another --index")
   if {k: old.meta.get(k) for k in settings} != settings:
     log.info("%s: keyframe or image options changed; every file is embedded again", path)
     return {}

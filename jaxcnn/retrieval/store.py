@@ -59,12 +59,11 @@ def read(path: str) -> Index:
   return Index(path, embeddings, records, meta)
 
 
-def check_model(meta: dict, identity: dict, path: str) -> None:
+def check_model(meta: dict, identity: dict, path: str, remedy: str) -> None:
   """Refuses to mix models: the index's model must be the given one (same parameters)."""
   from jaxcnn.retrieval.encoder import describe
   if meta["model"]["params_sha256"] != identity["params_sha256"]:
-    raise UserError(f"{path}: index built with {describe(meta['model'])}, not with {describe(identity)}; "
-                    f"use the index's model or another --index")
+    raise UserError(f"{path}: index built with {describe(meta['model'])}, not with {describe(identity)}; {remedy}")
 
 
 def check_target(path: str) -> None:
