@@ -18,7 +18,8 @@ writes
 
 `train` registers DIR as a dataset (`register_features`) and runs the same trainer, task and config with
 the model built with `input='features'`: no encoder, the head reading the cached features from the batch
-field 'frame_features'. The head's parameter names are the end-to-end model's, so its weights plus the
+field 'frame_features'. Any video model's head can train on a cache of the right kind (pooled [T, F]
+features; [T, h, w, F] maps for the tam head), e.g. an LSTM head on the frozen encoder of a cnn_avg run. The head's parameter names are the end-to-end model's, so its weights plus the
 encoder's are the full model (what `tests/models/test_video.py` checks: the same logits both ways). The
 features were computed once, so there is no data augmentation in this mode (data.augment must be '').
 The dataset's examples carry a 1 x 1 zero 'image' besides the features because every dataset of the
@@ -156,9 +157,14 @@ def head_config(config, out_dir: str):
     config.data.image_size, config.data.frames, config.data.channels = 0, 0, 0
     config.data.train_split, config.data.eval_split, config.data.data_dir = "", "", ""
     config.model.input = "features"
-  if config.model.name != index["model"]["name"]:
-    raise UserError(f"the cache in {out_dir} holds features of model '{index['model']['name']}' "
-                    f"({index['model'].get('encoder_name')}); model.name is '{config.model.name}'")
+  # Any head can train on any cache of the right kind: pooled [T, F] features, or [T, h, w, F] maps for TAM.
+  from jaxcnn.registry import model_option_defaults  # pylint: disable=g-import-not-at-top
+  head = config.model.get("head", model_option_defaults(config.model.name).get("head"))
+  want = 4 if head == "tam" else 2
+  if len(index["feature_shape"]) != want:
+    raise UserError(f"the cache in {out_dir} holds features of shape {index['feature_shape']} per clip (model "
+                    f"'{index['model']['name']}'); head '{head}' of model '{config.model.name}' needs "
+                    f"{'[T, h, w, F] maps' if want == 4 else '[T, F] pooled features'}")
   return config
 
 
@@ -200,8 +206,8 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  import logging  # pylint: disable=g-import-not-at-top
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  from experiments.run import _setup_logging  # pylint: disable=g-import-not-at-top
+  _setup_logging()
   try:
     sys.exit(main(sys.argv[1:]))
   except UserError as e:
