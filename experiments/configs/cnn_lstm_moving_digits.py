@@ -10,7 +10,8 @@ the frame features instead: it sees both digits but not which came first, so ~50
 jaxcnn/data/video.py).
 
 Expected: eval/accuracy >= 0.9 with the LSTM head, the temporal-average baseline <= 0.55, after 1,500
-steps of 32 clips. Measured: see the README ("Video: CNN + RNN over frames").
+steps of 32 clips. Measured (2 CPU cores shared with other jobs, load average 11-21): LSTM 0.947 in 219
+CPU-s, cnn_avg 0.481 in 220 CPU-s; plots/clips.png shows the first test clips with their predictions.
 """
 from experiments.configs.common import base_config
 
