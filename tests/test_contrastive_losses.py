@@ -39,7 +39,7 @@ def test_siglip_loss_is_open_clips():
     np.testing.assert_allclose(losses.siglip_loss(image, text, scale, bias), want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [4, 8])
+@pytest.mark.parametrize("chunk", [4])
 def test_chunked_equals_unchunked_with_gradients(chunk):
   image, text = features(2)
   pairs = ((functools.partial(losses.clip_loss, chunk=chunk), losses.clip_loss),

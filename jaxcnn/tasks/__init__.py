@@ -15,6 +15,7 @@ _TASKS = {
     "detection": "jaxcnn.tasks.detection:Detection",
     "distill": "jaxcnn.tasks.distill:Distill",
     "video": "jaxcnn.tasks.video:VideoClassification",
+    "contrastive": "jaxcnn.tasks.contrastive:Contrastive",
     "sequence": "jaxcnn.tasks.sequence:SequenceRecognition",
 }
 

@@ -58,6 +58,12 @@ class Task(abc.ABC):
     (return `per_example/mask` = batch['mask'] with them so padding is dropped).
     """
 
+  def eval_context(self, variables) -> Any:
+    """What every eval batch needs that depends on the variables only (contrastive: the zero-shot classifier,
+    the class names' text embeddings): computed once per evaluation, jitted, by both runners, and handed to
+    `eval_step(variables, batch, context)`. None (the default): eval_step is called without it."""
+    return None
+
   def eval_metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
     """Turns the summed eval_step outputs of a whole split into 'eval/...' metrics."""
     count = max(sums.pop("count"), 1.0)

@@ -5,6 +5,7 @@
     --config.finetune.weights=ViT-B_16.npz                 # or a big_vision / vision_transformer ViT .npz
     --config.finetune.converter_name=vit_base_patch16_224  # the weights' architecture, when the model name differs
     --config.finetune.into=backbone                        # load into this parameter subtree ('' = whole model)
+    --config.finetune.from_subtree=visual                  # load only this subtree of the weights ('' = all)
     --config.finetune.freeze='^(?!fc/)'                    # regex over 'a/b/kernel' paths: matching params stay fixed
 
 Whole model (`into` empty): every pretrained array whose path and shape match the
@@ -170,6 +171,11 @@ def apply_pretrained(state, finetune_cfg, model_name: str):
   into = (getattr(finetune_cfg, "into", "") or "").strip("/")
   source = finetune_cfg.converter_name or model_name
   pre = load_pretrained(finetune_cfg.weights, source)
+  part = (getattr(finetune_cfg, "from_subtree", "") or "").strip("/")
+  if part:   # only this subtree of the weights, e.g. a CLIP's image tower 'visual' for LiT
+    pre = {k: t for k, t in ((k, _subtree(v, part)) for k, v in pre.items()) if t is not None}
+    if "params" not in pre:
+      raise UserError(f"finetune.from_subtree '{part}' is not a subtree of the parameters in {finetune_cfg.weights}")
   target = {"params": state.params, **state.model_state}
   if into:
     target = {k: v for k, v in ((k, _subtree(v, into)) for k, v in target.items()) if v is not None}

@@ -272,8 +272,9 @@ class _JitRunner:
     self._step = jax.jit(_advance(task, tx), in_shardings=(shardings, self.batch_sharding),
                          out_shardings=(shardings, repl), donate_argnums=0,
                          compiler_options=task.compiler_options() or None)
-    self._eval = jax.jit(lambda s, b: task.eval_step(task.eval_variables(s), b),
-                         in_shardings=(shardings, self.batch_sharding), out_shardings=repl)
+    self._context = jax.jit(lambda s: _eval_context(task, s), in_shardings=(shardings,), out_shardings=repl)
+    self._eval = jax.jit(lambda s, c, b: _eval_step(task, s, c, b),
+                         in_shardings=(shardings, repl, self.batch_sharding), out_shardings=repl)
 
   def place(self, state):
     return state
@@ -282,8 +283,9 @@ class _JitRunner:
     return self._step(state, sharding.global_batch(local_batch, self.batch_sharding))
 
   def evaluate(self, state, batches):
+    context = self._context(state)   # once per evaluation, not per batch
     return evaluate(self.task, batches, lambda b: sharding.to_host(
-        self._eval(state, sharding.global_batch(b, self.batch_sharding))))
+        self._eval(state, context, sharding.global_batch(b, self.batch_sharding))))
 
   def checkpointable(self, state):
     return state
@@ -300,12 +302,13 @@ class _PmapRunner:
     local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     self.n = len(local)
     self._step = jax.pmap(_advance(task, tx), axis_name=PMAP_AXIS, donate_argnums=0, devices=local)
-    def eval_fn(state, batch):
-      out = task.eval_step(task.eval_variables(state), batch)
+    def eval_fn(state, context, batch):
+      out = _eval_step(task, state, context, batch)
       outputs = {k: v for k, v in out.items() if k.startswith(PER_EXAMPLE)}
       sums = jax.lax.psum({k: v for k, v in out.items() if not k.startswith(PER_EXAMPLE)}, PMAP_AXIS)
       return sums, outputs
     self._eval = jax.pmap(eval_fn, axis_name=PMAP_AXIS, devices=local)
+    self._context = jax.pmap(lambda s: _eval_context(task, s), axis_name=PMAP_AXIS, devices=local)
 
   def _split(self, tree):
     return jax.tree.map(lambda x: x.reshape((self.n, x.shape[0] // self.n) + x.shape[1:]), tree)
@@ -319,8 +322,10 @@ class _PmapRunner:
     return state, jax.tree.map(lambda x: x[0], metrics)
 
   def evaluate(self, state, batches):
+    context = self._context(state)   # once per evaluation, not per batch
+
     def run(local_batch):
-      sums, outputs = self._eval(state, self._split(local_batch))
+      sums, outputs = self._eval(state, context, self._split(local_batch))
       sums = _sum_over_processes(jax.device_get(jax.tree.map(lambda x: x[0], sums)))
       outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), jax.device_get(outputs))
       return {**sums, **_gather_over_processes(outputs)}
@@ -336,6 +341,17 @@ class _PmapRunner:
 
 
 PER_EXAMPLE = "per_example/"
+
+
+def _eval_context(task, state):
+  """The task's per-evaluation context (`Task.eval_context`; None for tasks without one or duck-typed ones)."""
+  context_fn = getattr(task, "eval_context", None)
+  return context_fn(task.eval_variables(state)) if context_fn else None
+
+
+def _eval_step(task, state, context, batch):
+  variables = task.eval_variables(state)
+  return task.eval_step(variables, batch) if context is None else task.eval_step(variables, batch, context)
 
 
 def evaluate(task, batches, run_batch) -> dict:
