@@ -179,6 +179,7 @@ def decode_video(path: str, frames: int, what: str) -> np.ndarray:
 
 class VideoFolderSource:
   """One split of a video folder: <root>/<split>/<class>/<file>, labels by the registered class names."""
+  extra_fields = {}   # none (said here so the pipeline does not decode a video to find out)
 
   def __init__(self, root: str, split: str, class_names: Sequence[str], extensions: Sequence[str], name: str):
     self.root, self.name = os.path.join(root, split), name

@@ -30,11 +30,11 @@ class VideoClassification(Classification):
       return {}
     from jaxcnn import data as data_lib  # pylint: disable=g-import-not-at-top
     spec = data_lib.resolve(self.config.data)
-    batch = next(iter(data_lib.eval_iterator(self.config.data, global_batch_size=CLIPS_SHOWN)))
-    logits = self.model.apply(variables, batch[self.input_field], train=False)
-    predictions = np.asarray(jax.device_get(logits)).argmax(-1)
     if spec.frames == 0 or self.input_field != "image":
       return {}   # no frames to draw (an image dataset, or cached features)
+    batch = next(iter(data_lib.eval_iterator(self.config.data, global_batch_size=CLIPS_SHOWN)))
+    logits = self.model.apply(variables, batch["image"], train=False)
+    predictions = np.asarray(jax.device_get(logits)).argmax(-1)
     mean, std = spec.mean_std()
     frames = np.clip(batch["image"] * std + mean, 0, 1)   # [K, T, H, W, C] back to [0, 1]
     path = plot_clips(frames, batch["label"], predictions, self.class_names, os.path.join(workdir, "plots"))
