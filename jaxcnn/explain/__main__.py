@@ -109,12 +109,16 @@ def load_images(folder: str, hw, channels: int):
 def make_target(model, variables, x, index: str):
   """The explain.Target of the batch: kind from the model's output, class from --target or the prediction."""
   from jaxcnn import explain
+  try:
+    index = int(index) if index != "" else None
+  except ValueError:
+    raise UserError(f"--target must be a class index, got '{index}'") from None
   out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   if callable(getattr(type(model), "postprocess", None)):
     det = model.postprocess(out, x.shape[1:3])
     labels, boxes = det["labels"], det["boxes"]
-    if index:
-      best = jnp.argmax(jnp.where(det["valid"] & (labels == int(index)), det["scores"], -1.0), axis=1)
+    if index is not None:
+      best = jnp.argmax(jnp.where(det["valid"] & (labels == index), det["scores"], -1.0), axis=1)
     else:
       best = jnp.zeros(len(x), jnp.int32)
     pick = lambda a: jnp.take_along_axis(a, best.reshape(-1, *([1] * (a.ndim - 1))), axis=1)[:, 0]
@@ -127,11 +131,8 @@ def make_target(model, variables, x, index: str):
   else:
     logits = out["logits"] if isinstance(out, dict) else out
     kind, classes, boxes, num = "class", jnp.argmax(logits, axis=-1), None, logits.shape[-1]
-  if index:
-    try:
-      classes = jnp.full(len(x), int(index), jnp.int32)
-    except ValueError:
-      raise UserError(f"--target must be a class index, got '{index}'") from None
+  if index is not None:
+    classes = jnp.full(len(x), index, jnp.int32)
     if num is not None:
       explain.check_classes(classes, num)
   return explain.Target(kind, classes.astype(jnp.int32), boxes)
@@ -169,11 +170,13 @@ def write_pictures(out_dir, names, images, method, display):
 def top9_picture(out_dir, model, variables, x, images, layer, channels):
   """The deconvnet figure: per channel, 3x3 projections beside 3x3 image patches, one row per channel."""
   from jaxcnn.explain import deconvnet
-  if not channels:
-    maxima = deconvnet.channel_maxima(model, variables, x, layer)
-    channels = list(np.argsort(-maxima.max(axis=0))[:8])
+  maxima = deconvnet.channel_maxima(model, variables, x, layer)
+  bad = [c for c in channels if not 0 <= c < maxima.shape[1]]
+  if bad:
+    raise UserError(f"--channels: {bad[0]} is out of range: layer {layer} has channels 0..{maxima.shape[1] - 1}")
+  channels = channels or list(np.argsort(-maxima.max(axis=0))[:8])
   rows = []
-  for ch, (top, proj) in deconvnet.top_activations(model, variables, x, layer, channels).items():
+  for ch, (top, proj) in deconvnet.top_activations(model, variables, x, layer, channels, maxima=maxima).items():
     shown = to_display("deconvnet", proj, proj.shape[1:3])
     crops_p, crops_i = deconvnet.support_crops(proj, shown, images[top].astype(np.float32) / 255.0)
     crops_i = np.repeat(crops_i, 3, -1) if crops_i.shape[-1] == 1 else crops_i

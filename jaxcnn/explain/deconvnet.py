@@ -68,10 +68,12 @@ def support_crops(projections: np.ndarray, *images: np.ndarray, rel: float = 1e-
   return [np.stack([im[t:t + size, l:l + size] for im, (t, l) in zip(arr, corners)]) for arr in images]
 
 
-def top_activations(model, variables, images: np.ndarray, layer: str, channels, k: int = 9, batch: int = 64):
+def top_activations(model, variables, images: np.ndarray, layer: str, channels, k: int = 9, batch: int = 64,
+                    maxima=None):
   """{channel: (image indices [k], projections [k, H, W, C])}: the `k` images of `images` whose `channel`
-  activation is strongest, each projected from that channel's strongest position."""
-  maxima = channel_maxima(model, variables, images, layer, batch)
+  activation is strongest, each projected from that channel's strongest position (`maxima`: channel_maxima's
+  result, if already computed)."""
+  maxima = channel_maxima(model, variables, images, layer, batch) if maxima is None else maxima
   out = {}
   for ch in channels:
     top = np.argsort(-maxima[:, ch], kind="stable")[:k]

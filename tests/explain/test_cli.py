@@ -23,15 +23,22 @@ def images(tmp_path_factory):
   return str(folder)
 
 
-def test_gradcam_and_deconvnet_pictures(digits_run, images, tmp_path, capsys):
+def test_gradcam_pictures(digits_run, images):
   assert main([f"--workdir={digits_run}", f"--images={images}", "--method=gradcam", "--target=3"]) == 0
   written = sorted(os.listdir(os.path.join(digits_run, "explain")))
   assert written == sorted(f"d{i}_gradcam{s}.png" for i in range(3) for s in ("", "_grid"))
   grid = np.asarray(Image.open(os.path.join(digits_run, "explain", "d0_gradcam_grid.png")))
   assert grid.ndim == 3 and grid.shape[1] > 2 * grid.shape[0]  # image | map | overlay
+
+
+@pytest.mark.slow
+def test_deconvnet_and_ig_pictures(digits_run, images, tmp_path, capsys):
   assert main([f"--workdir={digits_run}", f"--images={images}", "--method=deconvnet", "--layer=C1",
                "--channels=0,2", f"--out={tmp_path}"]) == 0
   assert os.path.exists(tmp_path / "deconvnet_C1_top9.png")
+  with pytest.raises(UserError, match="--channels: 6 is out of range: layer C1 has channels 0..5"):
+    main([f"--workdir={digits_run}", f"--images={images}", "--method=deconvnet", "--layer=C1", "--channels=6",
+          f"--out={tmp_path}"])
   assert main([f"--workdir={digits_run}", f"--images={images}", "--method=ig", "--steps=8",
                f"--out={tmp_path}"]) == 0
   assert "completeness gap" in capsys.readouterr().out

@@ -39,15 +39,16 @@ def test_maps_depend_on_the_trained_weights(digits_model, method):
   assert _median_rank_correlation(trained, _maps(model, nudged, x, labels, method)) > 0.9
 
 
-@pytest.mark.parametrize("integration", ["riemann_trapezoid", "gausslegendre"])
-def test_integrated_gradients_completeness_gap_shrinks_with_steps(digits_model, integration):
+def test_integrated_gradients_completeness_gap_shrinks_with_steps(digits_model):
+  """With the trapezoid rule (Gauss-Legendre, the default, converges faster; its parity with captum is tested)."""
   model, variables, x, labels = digits_model
   target = explain.Target("class", jnp.asarray(labels[:8]))
   delta = explain.probe.scores(model, variables, x[:8], target) - explain.probe.scores(
       model, variables, jnp.zeros_like(x[:8]), target)
   gaps = []
   for steps in (4, 64):
-    attributions, gap = explain.run(model, variables, x[:8], target, method="ig", steps=steps, integration=integration)
+    attributions, gap = explain.run(model, variables, x[:8], target, method="ig", steps=steps,
+                                   integration="riemann_trapezoid")
     np.testing.assert_allclose(np.asarray(gap), np.asarray(attributions.sum((1, 2, 3)) - delta), rtol=1e-4,
                                atol=1e-4)
     gaps.append(float(np.max(np.abs(gap))))

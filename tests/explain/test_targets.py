@@ -19,10 +19,10 @@ def _abstract(name, size, **kwargs):
 
 @pytest.mark.parametrize("name, size, expected", [
     ("resnet18", 64, "layer4_1"),                      # the last block of the last stage
-    ("densenet121", 64, "norm5"),                      # torchvision's features.norm5
+    pytest.param("densenet121", 64, "norm5", marks=pytest.mark.slow),  # torchvision's features.norm5
     ("vit_tiny_patch4_32", 32, "blocks_11/norm1"),     # pytorch-grad-cam's ViT choice
     ("maxvit_cifar", 32, "stages_2_1"),
-    ("conformer_cifar", 32, "conv_trans_12"),          # CNN branch of the last block ((x, x_t) output)
+    pytest.param("conformer_cifar", 32, "conv_trans_12", marks=pytest.mark.slow),  # CNN branch ((x, x_t) output)
     ("fcn_resnet50", 64, "backbone/layer4_2"),         # dense models: the backbone's last stage
     ("unet", 32, "dec1"),
 ])
@@ -57,11 +57,12 @@ def tiny_vit():
   return model, variables, x
 
 
+@pytest.mark.slow
 def test_vit_gradcam_is_the_formula_on_the_patch_token_grid(tiny_vit):
   model, variables, x = tiny_vit
   target = explain.Target("class", jnp.array([1, 4]))
   cam = explain.run(model, variables, x, target, method="gradcam")
-  a, g, _ = probe.activation_and_grad(model, variables, x, target, "blocks_1/norm1")
+  a, g, _ = jax.jit(lambda v, x, t: probe.activation_and_grad(model, v, x, t, "blocks_1/norm1"))(variables, x, target)
   a, g = np.asarray(a)[:, 1:].reshape(2, 8, 8, 32), np.asarray(g)[:, 1:].reshape(2, 8, 8, 32)
   expected = np.maximum(np.einsum("bhwc,bc->bhw", a, g.mean((1, 2))), 0)
   assert cam.shape == (2, 8, 8) and np.abs(g).max() > 0
@@ -88,11 +89,16 @@ def test_segmentation_pixels_target():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   variables = model.init(jax.random.key(1), x)
   target = explain.Target("pixels", jnp.array([0, 2]))
-  logits = np.asarray(model.apply(variables, x)["out"])
+  layer = explain.resolve_layer(model, variables, x, None)
+
+  @jax.jit
+  def run(v, x, t):
+    return model.apply(v, x)["out"], probe.activation_and_grad(model, v, x, t, layer)
+  logits, (_, g, scores) = run(variables, x, target)
+  logits = np.asarray(logits)
   expected = [np.sum(np.where(logits[i].argmax(-1) == c, logits[i, ..., c], 0)) for i, c in enumerate([0, 2])]
-  np.testing.assert_allclose(probe.scores(model, variables, x, target), expected, rtol=1e-5)
-  cam = explain.run(model, variables, x, target, method="layercam")
-  assert cam.shape == (2, 16, 16) and float(cam.max()) > 0
+  np.testing.assert_allclose(scores, expected, rtol=1e-5)
+  assert layer == "dec1" and g.shape == (2, 16, 16, 4) and float(jnp.abs(g).max()) > 0
 
 
 @pytest.mark.slow
