@@ -361,6 +361,37 @@ def test_cli_with_clip_tiny_weights(media, tmp_path, clip_tiny_weights, capsys):
   assert not os.path.exists(tmp_path / "rn")
 
 
+
+def test_open_clip_weights_give_open_clip_embeddings(media, tmp_path):
+  """`--model=clip_tiny --weights=FILE.pt` (an open_clip state dict): the index holds open_clip's image embeddings
+  of the frames, prepared as open_clip's eval transform prepares them, and texts embed as open_clip's do."""
+  torch = pytest.importorskip("torch")
+  open_clip = pytest.importorskip("open_clip")
+  from jaxcnn.models.clip import VARIANTS
+  v = VARIANTS["clip_tiny"]
+  torch.manual_seed(0)
+  ref = open_clip.model.CLIP(v["embed_dim"], dict(image_size=v["image_size"], layers=v["vision_layers"],
+                                                  width=v["vision_width"], patch_size=v["vision_patch_size"],
+                                                  head_width=v["vision_head_width"]),
+                             dict(context_length=v["context_length"], width=v["text_width"], heads=v["text_heads"],
+                                  layers=v["text_layers"]), quick_gelu=True).eval()
+  path = str(tmp_path / "open_clip_tiny.pt")
+  torch.save(ref.state_dict(), path)
+  idx = str(tmp_path / "idx")
+  assert cli.main(["index", media, f"--index={idx}", "--model=clip_tiny", f"--weights={path}", "--every=0",
+                   "--no-progress"]) == 0
+  index = store.read(idx)
+  transform = open_clip.image_transform(v["image_size"], is_train=False)
+  with torch.no_grad():
+    pixels = torch.stack([transform(frames.load_frame(index.root, r)) for r in index.records])
+    want = ref.encode_image(pixels, normalize=True).numpy()
+    text = ref.encode_text(torch.from_numpy(tokenize(["a handwritten seven"], v["context_length"])).long(),
+                           normalize=True).numpy()
+  np.testing.assert_allclose(index.embeddings, want, atol=1e-4)
+  np.testing.assert_allclose(encoder_lib.from_weights("clip_tiny", path).embed_texts(["a handwritten seven"]), text,
+                             atol=1e-4)
+
+
 # --- a trained model (slow: trains clip_digits, about 5 CPU-minutes) ------------------------------------
 
 
