@@ -23,7 +23,7 @@ def _previous(path: str, encoder, settings: dict, rebuild: bool) -> dict:
   old = store.read(path)
   store.check_model(old.meta, encoder.identity, path, "index with --rebuild to replace it, or choose another --index")
   if {k: old.meta.get(k) for k in settings} != settings:
-    log.info("%s: keyframe or image options changed; every file is embedded again", path)
+    log.info("%s: another folder, keyframe or image options; every file is embedded again", path)
     return {}
   rows = {}
   for i, r in enumerate(old.records):
@@ -71,9 +71,9 @@ def build_index(folder: str, path: str, encoder, sampling: frames_lib.Sampling, 
   store.check_target(path)
   folder = os.path.abspath(folder)
   files = frames_lib.find_media(folder)
-  settings = {"image": {"size": list(encoder.image_hw), "channels": encoder.channels, "resample": encoder.resample,
-                        "mean": np.asarray(encoder.mean).tolist(), "std": np.asarray(encoder.std).tolist()},
-              "keyframes": dataclasses.asdict(sampling)}
+  image = {"size": list(encoder.image_hw), "channels": encoder.channels, "resample": encoder.resample,
+           "mean": np.asarray(encoder.mean).tolist(), "std": np.asarray(encoder.std).tolist()}
+  settings = {"root": folder, "image": image, "keyframes": dataclasses.asdict(sampling)}
   previous = _previous(path, encoder, settings, rebuild)
   batches, entries, bad, reused = _Batches(encoder.image_embedder(batch_size)), [], set(), 0
   t0, c0 = time.time(), time.process_time()
@@ -99,7 +99,7 @@ def build_index(folder: str, path: str, encoder, sampling: frames_lib.Sampling, 
   embeddings, records = _ordered(*batches.result(), files, bad)
   if not records:
     raise UserError(f"{folder}: no frame could be indexed (every file was skipped); the index was not written")
-  store.write(path, embeddings, records, {"model": encoder.identity, "root": folder, **settings, "files": entries})
+  store.write(path, embeddings, records, {"model": encoder.identity, **settings, "files": entries})
   return {"files": len(entries), "frames": len(records), "reused_files": reused, "skipped_files": len(bad),
           "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0}
 
