@@ -16,6 +16,7 @@ sharded over the local devices along a 1-D mesh; the last batch is padded.
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from typing import Sequence
 
@@ -25,6 +26,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxcnn.errors import UserError
+
+log = logging.getLogger("jaxcnn")
 
 
 @dataclasses.dataclass
@@ -175,6 +178,9 @@ def from_workdir(workdir: str) -> Encoder:
   mean, std = spec.mean_std()
   abstract = _abstract_variables(model, spec.image_hw, spec.channels)
   variables = check_fits(load_pretrained(workdir, config.model.name), abstract, workdir, config.model.name)
+  if float(config.get("train", {}).get("ema_decay", 0) or 0) > 0:
+    log.warning("%s keeps EMA parameters; the index uses the trained (non-EMA) ones, as fine-tuning loads them",
+                workdir)
   identity = {"source": os.path.abspath(workdir), "kind": "workdir", "model": config.model.name,
               "params_sha256": params_digest(variables)}
   return Encoder(model, variables, identity, tuple(spec.image_hw), np.asarray(mean, np.float32),
