@@ -128,6 +128,8 @@ def parse_lr_multipliers(rules) -> tuple:
   what = "optim.lr_multipliers"
   if isinstance(rules, (str, bytes)) or not isinstance(rules, (tuple, list)):
     raise UserError(f"{what} must be a list of (regex, multiplier) pairs, e.g. (('^backbone/', 0.1),); got {rules!r}")
+  if len(rules) == 2 and isinstance(rules[0], str) and not isinstance(rules[1], (tuple, list)):
+    rules = (rules,)  # one pair as the command line gives it: "('^backbone/', 0.1)"
   out = []
   for rule in rules:
     if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):

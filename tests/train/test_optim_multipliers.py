@@ -165,6 +165,14 @@ def test_bad_rules_are_one_line_user_errors(rules, message):
     optim.parse_lr_multipliers("^backbone/")
 
 
+def test_one_pair_alone_is_one_rule():
+  """--config.optim.lr_multipliers="('^backbone/', 0.1)" (the command line's form of a single rule)."""
+  (regex, m), = optim.parse_lr_multipliers(("^backbone/", 0.1))
+  assert regex.pattern == "^backbone/" and m == 0.1
+  with pytest.raises(UserError, match="multiplier"):
+    optim.parse_lr_multipliers(("^backbone/", -1))
+
+
 def test_a_rule_matching_nothing_is_refused():
   tx = optim.make_optimizer(_cfg(lr_multipliers=(("^backbone/", 0.1), ("^bakbone/", 0.1))),
                             optax.constant_schedule(0.1))
