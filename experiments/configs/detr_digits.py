@@ -27,7 +27,9 @@ the boxes were learned (1,377 of the 1,400 test digits had a query with IoU > 0.
 chance), and the class head was right on 14% of them: the class signal did not reach the queries, while
 matched queries' top logit stayed "no object" (train/class_error 97-100%). With the box weights cut to
 1 / 0.5 the class error fell to 22% by step 1,000 (eval/map50 0.31 after 1,500 steps, 221 CPU-s) and,
-on a 6,000-step schedule, eval/map50 reached 0.594 at step 2,000 and 0.919 at step 4,000. Earlier
+on a 6,000-step schedule, eval/map50 reached 0.594 at step 2,000 and 0.919 at step 4,000; the same
+probes at its step 4,242 read the digit at 95% (backbone), 93% (memory) and 97% (decoder), and the
+class head was right on 97% of the 1,374 well-localised digits. Earlier
 measured runs at 128 px with DC5 (8 x 8 tokens of the last stage) and the official weights: eval/map50
 0.016 after 1,600 steps of 8 (1,091 CPU-s).
 """
