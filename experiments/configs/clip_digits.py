@@ -3,8 +3,9 @@
 
     python -m experiments.run --exp=clip_digits
 
-Expected: eval/zeroshot_accuracy >= 0.8 on the 360 held-out digits (README, "Image-text models": measured
-figures); plots/ holds the zero-shot confusion matrix of each eval. The issue's goal: within 5 minutes on 2
+Expected: eval/zeroshot_accuracy >= 0.8 on the 360 held-out digits; measured 0.978 after 500 steps (0.947 at
+step 250), 230 CPU-s on 2 shared cores (README, "Image-text models"); plots/ holds the zero-shot confusion matrix
+of each eval. The issue's goal: within 5 minutes on 2
 CPU cores. Source of the method: Radford et al. 2021 (CLIP); the data: jaxcnn/data/captions.py.
 """
 from experiments.configs.common import base_config

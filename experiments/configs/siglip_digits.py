@@ -3,8 +3,9 @@ temperature initialised at 10 and bias at -10), the pairwise sigmoid loss, zero-
 
     python -m experiments.run --exp=siglip_digits
 
-Expected: eval/zeroshot_accuracy >= 0.8 on the 360 held-out digits (README, "Image-text models": measured
-figures); plots/ holds the zero-shot confusion matrix of each eval. Everything but the loss and the model's
+Expected: eval/zeroshot_accuracy >= 0.8 on the 360 held-out digits; measured 0.981 after 500 steps (0.958 at
+step 250), 269 CPU-s on 2 shared cores (README, "Image-text models"); plots/ holds the zero-shot confusion matrix
+of each eval. Everything but the loss and the model's
 bias is clip_digits' recipe. Source of the method: Zhai et al. 2023 (SigLIP, "Sigmoid Loss for Language Image
 Pre-Training"), open_clip's SigLipLoss.
 """
