@@ -72,6 +72,7 @@ def test_missing_list_file_and_bad_registration(tmp_path):
     ocr.register_word_images("x_words", {"train": "a.txt"}, alphabet="aa")
 
 
+@pytest.mark.slow
 def test_cli_bad_label_exits_2_with_one_line(tmp_path):
   folder = make_folder(tmp_path, ["img/0_word_0.png ok", "img/1_word_1.png b@d"])
   (tmp_path / "test.txt").write_text("img/0_word_0.png ok\n")

@@ -1,5 +1,6 @@
 """The CRNN experiments resolve: crnn_mjsynth is the paper's network and optimizer at 100 x 32 (no data needed)."""
 import jax
+import pytest
 import jax.numpy as jnp
 
 from experiments.configs import get_experiment
@@ -10,11 +11,18 @@ from jaxcnn.train.optim import make_optimizer, make_schedule
 from jaxcnn.utils import param_count
 
 
-def test_crnn_mjsynth_resolves_to_the_paper_recipe():
+def test_crnn_mjsynth_resolves():
   config, _ = get_experiment("crnn_mjsynth")
   spec = data_config.resolve(config.data)
   assert spec.info.name == "mjsynth" and spec.image_shape == (32, 100, 1)
   assert "".join(spec.info.class_names) == "0123456789abcdefghijklmnopqrstuvwxyz"
+  assert config.optim.name == "adadelta" and config.optim.rho == 0.9 and config.task == "sequence"
+
+
+@pytest.mark.slow
+def test_crnn_mjsynth_is_the_paper_network():
+  config, _ = get_experiment("crnn_mjsynth")
+  spec = data_config.resolve(config.data)
   model = create_model(config.model.name, **model_kwargs(config.model, config.train,
                                                           num_classes=spec.info.num_classes))
   x = jax.ShapeDtypeStruct((2,) + spec.image_shape, jnp.float32)

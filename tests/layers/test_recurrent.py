@@ -133,7 +133,7 @@ def test_bad_options():
     LSTM(hidden_size=4).init(jax.random.PRNGKey(0), jnp.zeros((4, 3)))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", pytest.param("rnn_tanh", marks=pytest.mark.slow)])
 def test_hoisted_equals_flax_cells(cell):
   """The default implementation (input projections before the scan) computes what nn.RNN + flax's cell does,
   with the same parameter tree."""

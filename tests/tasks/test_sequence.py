@@ -79,6 +79,7 @@ def tiny_config(**data):
   return c
 
 
+@pytest.mark.slow
 def test_task_step_and_eval_on_digit_strings():
   c = tiny_config()
   task = get_task(c, dataset_info("digit_strings"))
