@@ -10,7 +10,8 @@ alpha = 0 the teacher is loaded but the loss is the label loss alone, so the two
 term only (same data order, augmentation and initialisation). Measured (2 CPU cores under load ~20, teacher
 resnet_digits retrained here: eval/accuracy 0.9917): eval/accuracy with the teacher 0.9861 / 0.9694 (seeds 0 / 1)
 against 0.9806 / 0.9833 alone: the teacher helps with seed 0 and hurts with seed 1, a difference of a few of
-the 360 test images either way; no reliable gain at this budget.
+the 360 test images either way; no reliable gain at this budget. alpha = 1 with --config.train.mixup_alpha=0.4
+(function matching; the same Mixup alone): 0.9833 / 0.9611 against 0.9750 / 0.9778, the same pattern.
 """
 from experiments.configs.common import base_config
 from jaxcnn.tasks.distill import default_config
