@@ -392,7 +392,7 @@ def test_open_clip_weights_give_open_clip_embeddings(media, tmp_path):
                              atol=1e-4)
 
 
-# --- a trained model (slow: trains clip_digits, about 5 CPU-minutes) ------------------------------------
+# --- a trained model (slow: trains clip_digits, about 8 CPU-minutes under the tests' 8 host devices) ------
 
 
 @pytest.mark.slow
