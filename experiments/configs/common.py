@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.weights = ""
   c.finetune.converter_name = ""    # the weights' model name for the converter (default: model.name)
   c.finetune.into = ""              # parameter subtree to load them into, e.g. 'backbone' ('': the whole model)
+  c.finetune.from_subtree = ""      # load only this subtree of the weights, e.g. 'visual' (LiT: a CLIP's image tower)
   c.finetune.freeze = ""            # regex over 'a/b/kernel' parameter paths to keep fixed, e.g. '^(?!fc/)'
 
   c.eval = ml_collections.ConfigDict()
