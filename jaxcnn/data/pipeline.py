@@ -254,8 +254,6 @@ class _Examples:
     self.dropped = detection.DroppedBoxes(spec.name)
     if spec.frames:
       video.check_clip_lengths(self.source, spec.frames, self._what)
-    if spec.frames:
-      video.check_clip_lengths(self.source, spec.frames, self._what)
     self._mean_std = None
     self._fill = None
 

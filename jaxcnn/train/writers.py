@@ -46,7 +46,7 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in record.items():
         if k != "step" and isinstance(v, (int, float)):
-          self._tb.add_scalar(k, v, step)
+          self._tb.add_scalar(_tensorboard_name(k), v, step)
     self._show(step, record)
 
   def _show(self, step, record):
@@ -69,6 +69,12 @@ class MetricWriter:
       self._bar.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _tensorboard_name(key: str) -> str:
+  # TensorBoard's summary names allow [A-Za-z0-9_./-] only; 'eval/t2i_recall@5' would be logged as 'eval/t2i_recall_5'
+  # with a warning per key. metrics.jsonl and summary.json keep the task's names.
+  return key.replace("@", "_at")
 
 
 def _plain(v):
