@@ -197,6 +197,9 @@ def _run(config, workdir, devices, t_start):
 # the state structure), data.num_threads/prefetch and the augmentation.
 FINGERPRINT_KEYS = ("train.batch_size", "train.seed", "data.name", "data.train_split", "data.image_size",
                     "data.channels", "data.repeated_aug")
+# Options added after workdirs existed: recorded only away from their default, so older workdirs still resume.
+FINGERPRINT_OPTIONAL = {"data.frames": 0, "data.max_captions": 0, "data.context_length": 77,
+                        "data.sampler": "shuffle"}
 
 
 def fingerprint(config, task, abstract_state) -> dict:
@@ -207,6 +210,10 @@ def fingerprint(config, task, abstract_state) -> dict:
   for key in FINGERPRINT_KEYS:
     section, leaf = key.split(".")
     fp[key] = config[section].get(leaf)
+  for key, default in FINGERPRINT_OPTIONAL.items():
+    section, leaf = key.split(".")
+    if config[section].get(leaf, default) != default:
+      fp[key] = config[section].get(leaf)
   leaves = jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
   fp["parameter shapes"] = _digest([(jax.tree_util.keystr(p), x.shape, str(x.dtype)) for p, x in leaves])
   whole = jax.tree_util.tree_flatten_with_path(abstract_state)[0]

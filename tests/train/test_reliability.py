@@ -154,6 +154,7 @@ def test_every_step_damaged_stops_with_one_line_then_start_fresh_starts_over(ref
     ({"model__c1_padding": 0}, "model.c1_padding"),
     ({"model__name": "lenet5", "data__image_size": 32}, "model.name"),
     ({"optim__name": "sgd"}, "state structure"),
+    ({"data__sampler": "balanced"}, "data.sampler"),
 ])
 def test_an_incompatible_resume_is_refused_before_anything_is_written(reference, copy_of, override, key):
   workdir = copy_of()
