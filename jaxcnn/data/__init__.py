@@ -15,7 +15,8 @@ Datasets in the user's own files: `register_source(info, open_split)`, then
 `digits_seg` (embedded canvases of digits, `canvas`), tfds `oxford_iiit_pet`
 (trimaps, `pets`); their batches carry 'segmentation' int32 [b, H, W] (see pipeline).
 Detection: `digits_det` (embedded), tfds `voc2007_det`, `voc2012_det`, `voc0712_det` (07+12 joined,
-`voc_det`) and `coco2017_det` (`coco`, with COCO's 80 <-> 91 label maps); their batches carry 'boxes',
+`voc_det`), `coco2017_det` (`coco`, with COCO's 80 <-> 91 label maps) and, from COCO's files with
+instance masks, `coco2017_inst` (`coco.register_coco_instances`); their batches carry 'boxes',
 'boxes_valid', 'box_classes' and the dataset's flags padded to data.max_boxes (see `detection`, pipeline).
 
 Video: `moving_digits` (embedded), tfds `ucf101` and the user's folders (`video.register_video_folder`); their
@@ -38,7 +39,7 @@ from jaxcnn.data import cityscapes as _cityscapes  # noqa: F401,E402  (registers
 from jaxcnn.data import pets as _pets  # noqa: F401,E402  (registers oxford_iiit_pet)
 from jaxcnn.data import voc as _voc  # noqa: F401,E402  (registers voc2012_seg)
 from jaxcnn.data import voc_det as _voc_det  # noqa: F401,E402  (registers voc2007_det, voc2012_det, voc0712_det)
-from jaxcnn.data import coco as _coco  # noqa: F401,E402  (registers coco2017_det)
+from jaxcnn.data import coco as _coco  # noqa: F401,E402  (registers coco2017_det, coco2017_inst)
 from jaxcnn.data import captions as _captions  # noqa: F401,E402  (registers digits_captions, image_text_*, coco_captions)
 from jaxcnn.data import video as _video  # noqa: F401,E402  (registers moving_digits, ucf101; register_video_folder)
 

@@ -30,11 +30,28 @@ of train2017) are kept as all-background examples; torchvision's references
 leave them out of training. Images are about 640 x 480 and vary; batches are
 formed as the pipeline module doc says (e.g. RetinaNet's shorter side 800,
 longer at most 1333: data.image_size=1333, data.resize_shorter=800).
+
+Dataset `coco2017_inst` (instance masks; tfds coco/2017 has none) reads COCO's official files under
+data.data_dir with pycocotools:
+
+    annotations/instances_train2017.json   train2017/<file_name>.jpg     split 'train' (118,287 images)
+    annotations/instances_val2017.json     val2017/<file_name>.jpg       split 'val' (5,000; the eval split)
+
+An example is coco2017_det's plus 'box_masks': uint8 [N, H, W] (kind 'box_mask'), annotation n's pixels
+(pycocotools' annToMask: polygons and RLEs, crowd regions included), decoded when the example is read.
+Images are the annotation file's, sorted by id, those without annotations kept; boxes are the files'
+[x, y, w, h] as xyxy. `register_coco_instances(name, {split: (annotation file, image folder)})` adds the
+same for other files in COCO's format (relative paths are under data.data_dir).
 """
+import contextlib
+import io
+import os
+from typing import Dict, Sequence, Tuple
+
 import numpy as np
 
 from jaxcnn.data import detection, sources
-from jaxcnn.data.voc import IMAGENET_STATS
+from jaxcnn.data.voc import IMAGENET_STATS, read_rgb
 from jaxcnn.errors import UserError
 
 NAME = "coco2017_det"
@@ -86,3 +103,91 @@ INFO = sources.DatasetInfo(NAME, len(CLASS_NAMES), (640, 640, 3), False, "train"
                                    "box_crowd": "box_flag"},
                            class_names=CLASS_NAMES, max_boxes=100)
 sources.register_tfds_dataset(INFO, convert, stats=IMAGENET_STATS)
+
+
+INST_NAME = "coco2017_inst"
+INST_FIELDS = {"image": "image", "boxes": "boxes", "box_classes": "box_class", "box_crowd": "box_flag",
+               "box_masks": "box_mask"}
+LAYOUT = ("annotations/instances_{train,val}2017.json and {train,val}2017/ (COCO's official layout: "
+          "see jaxcnn/data/coco.py)")
+
+
+class CocoInstances:
+  """Random access to the images of a COCO instances annotation file, with their boxes and masks (module doc)."""
+  extra_fields = {}    # nothing besides the declared fields
+
+  def __init__(self, name: str, annotation_file: str, image_dir: str, category_ids: Sequence[int]):
+    from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):   # COCO() prints its progress
+        self.coco = COCO(annotation_file)
+    except (ValueError, KeyError, TypeError) as err:
+      raise UserError(f"{annotation_file} is not a COCO instances annotation file: {err}") from None
+    self.name, self.image_dir = name, image_dir
+    self.ids = sorted(self.coco.imgs)
+    self.contiguous = {int(c): i for i, c in enumerate(category_ids)}
+    unknown_ids = sorted({a["category_id"] for a in self.coco.anns.values()} - set(self.contiguous))
+    if unknown_ids:
+      raise UserError(f"{annotation_file} has category id {unknown_ids[0]}, which dataset '{name}' does not "
+                      f"know; its ids are {sorted(self.contiguous)[:5]}...{sorted(self.contiguous)[-1]}")
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def __getitem__(self, index) -> dict:
+    info = self.coco.imgs[self.ids[int(index)]]
+    path = os.path.join(self.image_dir, info["file_name"])
+    image = read_rgb(path)
+    if image.shape[:2] != (info["height"], info["width"]):
+      raise UserError(f"{path} is {image.shape[0]}x{image.shape[1]}; its annotations say "
+                      f"{info['height']}x{info['width']}")
+    anns = self.coco.imgToAnns.get(info["id"], [])
+    boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]     # [x, y, w, h] -> xyxy
+    masks = [self.coco.annToMask(a) for a in anns]
+    return {"image": image, "boxes": boxes,
+            "box_classes": np.array([self.contiguous[a["category_id"]] for a in anns], np.int32),
+            "box_crowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+            "box_masks": np.stack(masks) if masks else np.zeros((0,) + image.shape[:2], np.uint8)}
+
+  def describe(self, index: int) -> str:
+    return f"{os.path.join(self.image_dir, self.coco.imgs[self.ids[int(index)]]['file_name'])} ({self.name})"
+
+  def __repr__(self) -> str:
+    return f"CocoInstances({self.name!r}, {len(self)} images)"
+
+
+def register_coco_instances(name: str, files: Dict[str, Tuple[str, str]], *, train_split: str = "",
+                            eval_split: str = "", category_ids: Sequence[int] = tuple(CATEGORY_IDS),
+                            class_names: Sequence[str] = CLASS_NAMES, max_boxes: int = 100,
+                            layout: str = "") -> sources.DatasetInfo:
+  """Registers dataset `name`: split s is the images of `files[s]` = (annotation file, image folder).
+
+  Category id category_ids[c] is class c (default COCO's 80, as coco2017_det); relative paths are under
+  data.data_dir. `layout` describes the expected files in the messages about missing ones.
+  """
+  splits = tuple(files)
+  layout = layout or ", ".join(f"{a} and {d}/" for a, d in files.values())
+
+  def open_split(split: str, data_dir: str) -> CocoInstances:
+    annotation_file, image_dir = (os.path.join(data_dir or "", p) for p in files[split])
+    for needed in (annotation_file, image_dir):
+      if not os.path.exists(needed):
+        raise UserError(f"dataset '{name}' split '{split}' needs {needed}, which is missing "
+                        f"(data.data_dir='{data_dir}'; want {layout})")
+    try:
+      import pycocotools  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise UserError(f"dataset '{name}' needs pycocotools: pip install 'jaxcnn[detection]'") from None
+    return CocoInstances(f"{name}:{split}", annotation_file, image_dir, category_ids)
+
+  info = sources.DatasetInfo(name, len(class_names), (640, 640, 3), False, train_split or splits[0],
+                             eval_split or splits[-1], None, splits=splits, fields=INST_FIELDS,
+                             class_names=tuple(class_names), max_boxes=max_boxes)
+  sources.register_source(info, open_split, stats=IMAGENET_STATS)
+  return info
+
+
+INST_INFO = register_coco_instances(
+    INST_NAME, {"train": ("annotations/instances_train2017.json", "train2017"),
+                "val": ("annotations/instances_val2017.json", "val2017")}, layout=LAYOUT)
