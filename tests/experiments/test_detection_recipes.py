@@ -9,7 +9,7 @@ import pytest
 import torch
 from flax import traverse_util
 from torchvision.models import resnet18, resnet50
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -17,6 +17,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from experiments.configs import get_experiment
+from jaxcnn import data as data_lib
 from jaxcnn.registry import create_model
 from jaxcnn.tasks.base import model_kwargs
 from jaxcnn.train.optim import make_schedule
@@ -25,6 +26,7 @@ from jaxcnn.utils import abstract_variables, param_count
 DIGITS_CLASSES = 10
 RECIPES = {  # experiment: (dataset classes, images per epoch, epochs, lr-drop epochs, base lr, batch)
     "fasterrcnn_resnet50_coco": (80, 117_266, 26, (16, 22), 0.02, 16),
+    "maskrcnn_resnet50_coco": (80, 117_266, 26, (16, 22), 0.02, 16),
     "fasterrcnn_resnet50_voc": (20, 16_551, 12, (9,), 0.01, 16),
     "detr_resnet50_coco": (80, 118_287, 500, (400,), 1e-4, 64),
 }
@@ -104,9 +106,9 @@ def test_recipe_schedule_follows_its_source(name):
       assert float(schedule(step)) == pytest.approx(rate, rel=1e-5), (name, step)
 
 
-def torchvision_trained_count(num_classes):
+def torchvision_trained_count(num_classes, detector=FasterRCNN):
   backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3)
-  return torch_count(FasterRCNN(backbone, num_classes=num_classes + 1), trainable_only=True)
+  return torch_count(detector(backbone, num_classes=num_classes + 1), trainable_only=True)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -123,4 +125,19 @@ def test_recipe_trains_the_sources_parameters(name):
   if name.startswith("detr"):
     assert trained == DETR_R50_TRAINED_82_LOGITS
   else:
-    assert trained == torchvision_trained_count(RECIPES[name][0])
+    detector = MaskRCNN if name.startswith("maskrcnn") else FasterRCNN
+    assert trained == torchvision_trained_count(RECIPES[name][0], detector)
+
+
+def test_maskrcnn_recipe_reads_coco_masks_and_states_both_targets():
+  config, doc = get_experiment("maskrcnn_resnet50_coco")
+  faster, _ = get_experiment("fasterrcnn_resnet50_coco")
+  assert config.data.name == "coco2017_inst" and config.model.name == "maskrcnn_resnet50_fpn"
+  assert "box_masks" in {k for k, v in data_lib.dataset_info(config.data.name).fields if v == "box_mask"}
+  assert "37.9" in doc and "34.6" in doc and "Not measured here" in doc
+  for section in ("data", "optim", "train", "finetune"):   # the same recipe but for the model and the masks
+    want = faster[section].to_dict()
+    got = config[section].to_dict()
+    if section == "data":
+      want.pop("name"), got.pop("name")
+    assert got == want, section
