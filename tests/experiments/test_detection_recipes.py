@@ -77,16 +77,19 @@ def test_detr_digits_model_and_its_token_grid():
   config, model = experiment_model("detr_digits", DIGITS_CLASSES)
   size = config.data.image_size
   variables = abstract_variables(model, (1, size, size, 1))
-  # resnet18 without fc (11,170,240 at one input channel) + input_proj + queries + 3 encoder and 3 decoder
-  # layers (d_model 128, FFN 512) + decoder norm + class_embed (12 logits) + the 3-layer box MLP
-  assert param_count(variables["params"]) == 12_661_840
+  # resnet18's stem, layer1 and layer2 (backbone_stage='stage2': 676,800 at one input channel) + input_proj
+  # (128 -> 128) + queries + 3 encoder and 3 decoder layers (d_model 128, FFN 512) + decoder norm +
+  # class_embed (12 logits) + the 3-layer box MLP
+  assert config.model.backbone_stage == "stage2"
+  backbone = sum(x.size for x in jax.tree.leaves(variables["params"]["backbone"]))
+  assert backbone == 676_800 and param_count(variables["params"]) == 2_119_248
   assert config.model.aux_loss and 10 <= config.model.num_queries <= 20
   _, state = jax.eval_shape(
       lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
       variables, jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32))
   tokens = state["intermediates"]["input_proj"]["__call__"][0]
-  assert tokens.shape == (1, size // 16, size // 16, config.model.d_model)   # stride 16: dilated last stage
-  assert size // 16 >= 8
+  assert tokens.shape == (1, size // 8, size // 8, config.model.d_model)   # stride 8: layer2's output
+  assert size // 8 >= 8
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
