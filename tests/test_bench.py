@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from jaxcnn import bench
 
@@ -58,6 +59,7 @@ def test_segmentation_model_times_the_segmentation_step(capsys):
 
 
 
+@pytest.mark.slow  # compiles a YOLOX step (~40 s); the classification and contrastive bench tests stay in CI
 def test_detector_times_the_detection_step(capsys):
   # A detector (detection_loss + postprocess) is inferred; the batch has padded boxes, their validity and classes.
   flags = ["--model=yolox_nano", "--option.width=0.125", "--batch=2", "--image-size=64", "--num-classes=3",

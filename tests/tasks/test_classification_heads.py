@@ -110,6 +110,7 @@ def test_option_errors_are_user_errors():
     Classification(_config("conformer_cifar", return_heads=True), dataset_info("digits"))
 
 
+@pytest.mark.slow  # ~1 CPU-min; test_googlenet_loss_is_main_plus_weighted_aux_losses keeps the aux loss in CI
 def test_googlenet_with_aux_heads_trains_through_the_trainer(tmp_path):
   c = _config("googlenet", aux_logits=True)
   c.data.name = "digits"
