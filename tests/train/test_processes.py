@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--exp=lenet_digits", "--config.model.name=lenet5_modern", "--config.data.image_size=28",
@@ -50,6 +51,25 @@ def test_two_processes_match_one(tmp_path):
   s2 = json.load(open(tmp_path / "two" / "summary.json"))
   np.testing.assert_allclose(s1["eval/loss"], s2["eval/loss"], rtol=1e-4)
   assert s2["processes"] == 2
+
+
+@pytest.mark.slow  # two more compiles of clip_tiny in subprocesses (CI time); the loss's 1 vs 8 devices and pmap
+def test_contrastive_loss_over_two_processes_matches_one(tmp_path):  # are in tests/test_contrastive_losses.py
+  """CLIP's loss is over the global batch: two processes of half the batch each give one process's losses."""
+  args = ["--exp=clip_digits", "--config.train.steps=4", "--config.train.batch_size=32", "--config.train.log_every=1",
+          "--config.eval.every=4", "--config.checkpoint.every=4", "--config.optim.warmup_steps=0"]
+  _run(args, tmp_path / "one")
+  out = subprocess.run(["bash", "launch.sh", "--procs=2", *args, f"--workdir={tmp_path / 'two'}"], cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-2000:]
+  one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+  assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+  np.testing.assert_allclose([one[s] for s in one], [two[s] for s in one], rtol=1e-4)
+  s1 = json.load(open(tmp_path / "one" / "summary.json"))
+  s2 = json.load(open(tmp_path / "two" / "summary.json"))
+  assert s2["processes"] == 2
+  for key in ("eval/zeroshot_accuracy", "eval/t2i_recall@1", "eval/i2t_recall@5"):
+    np.testing.assert_allclose(s1[key], s2[key], atol=1e-6, err_msg=key)
 
 
 def test_launch_sh_reports_a_failing_process(tmp_path):
