@@ -62,13 +62,22 @@ class MetricWriter:
 
   def flush(self):
     if self._tb is not None:
-      self._tb.flush()
+      self._tb_call(self._tb.flush)
 
   def close(self):
     if self._bar is not None:
       self._bar.close()
     if self._tb is not None:
-      self._tb.close()
+      self._tb_call(self._tb.close)
+
+  def _tb_call(self, fn):
+    # TensorBoard events are a copy of metrics.jsonl: a full disk there is a warning, and it must not replace
+    # the error that is stopping the run (e.g. a failed checkpoint save on the same full disk).
+    try:
+      fn()
+    except OSError as e:
+      log.warning("TensorBoard events in %s are incomplete: %s", os.path.join(self.workdir, "tensorboard"),
+                  describe_os_error(e))
 
 
 def _tensorboard_name(key: str) -> str:
